@@ -1,0 +1,3 @@
+"""clipforge: contrastive language-image pretraining."""
+
+__version__ = "0.1.0"

@@ -29,7 +29,7 @@ class VisionConfig:
     layers: int | tuple[int, int, int, int] = 12
     width: int = 768
     patch_size: int | None = 32
-    heads: int | None = None  # None: width // 64 (ViT), width * 32 // 64 (ResNet), as OpenAI
+    head_width: int = 64  # heads = width // 64 (ViT) or width * 32 // 64 (ResNet), as OpenAI
     mlp_ratio: float = 4.0
 
     @property
@@ -38,9 +38,8 @@ class VisionConfig:
 
     @property
     def num_heads(self) -> int:
-        if self.heads is not None:
-            return self.heads
-        return self.width * 32 // 64 if self.is_resnet else max(1, self.width // 64)
+        features = self.width * 32 if self.is_resnet else self.width
+        return max(1, features // self.head_width)
 
     def __post_init__(self) -> None:
         if isinstance(self.layers, list):

@@ -1,0 +1,94 @@
+"""CLIP: an image tower and a text tower projected to one embedding space, plus the logit scale.
+
+The model computes embeddings; losses live in ``clipforge.losses``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import CLIPConfig
+from .layers import QuickGELU
+from .modified_resnet import ModifiedResNet
+from .text_transformer import TextTower
+from .vision_transformer import VisionTransformer
+
+__all__ = ["CLIP", "build_model", "MAX_LOGIT_SCALE"]
+
+# OpenAI clips the learned temperature so logits are scaled by at most 100 (CLIP paper, 2.5).
+MAX_LOGIT_SCALE = 100.0
+
+
+class CLIP(TextTower):
+    """``model(images, tokens) -> (image_features, text_features, logit_scale)``.
+
+    Features are L2-normalised; ``logit_scale`` is the multiplier exp(s), at most 100.
+    ``encode_image`` and ``encode_text`` return unnormalised features, as OpenAI's do.
+    """
+
+    def __init__(self, config: CLIPConfig) -> None:
+        super().__init__()
+        self.config = config
+        act_layer: type[nn.Module] = QuickGELU if config.quick_gelu else nn.GELU
+        if config.vision.is_resnet:
+            self.visual: nn.Module = ModifiedResNet(config.vision, config.embed_dim)
+        else:
+            self.visual = VisionTransformer(config.vision, config.embed_dim, act_layer)
+        self._build_text_tower(config.text, config.embed_dim, act_layer)
+        self.logit_scale = nn.Parameter(torch.tensor(float(config.init_logit_scale)))
+        self.logit_bias: nn.Parameter | None = None
+        if config.init_logit_bias is not None:
+            self.logit_bias = nn.Parameter(torch.tensor(float(config.init_logit_bias)))
+        self.initialize_parameters()
+
+    def initialize_parameters(self) -> None:
+        """OpenAI's reference initialisation scheme."""
+        self._init_text_tower()
+        if isinstance(self.visual, ModifiedResNet):
+            self.visual.init_reference()
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.text_projection.dtype
+
+    @property
+    def image_size(self) -> int:
+        return self.config.vision.image_size
+
+    def encode_image(self, image: torch.Tensor) -> torch.Tensor:
+        """(batch, 3, H, W) preprocessed images -> (batch, embed_dim) unnormalised features."""
+        return self.visual(image.to(self._visual_dtype()))
+
+    def _visual_dtype(self) -> torch.dtype:
+        return next(self.visual.parameters()).dtype
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.transformer.grad_checkpointing = enable
+        if isinstance(self.visual, ModifiedResNet):
+            self.visual.grad_checkpointing = enable
+        else:
+            self.visual.transformer.grad_checkpointing = enable
+
+    def scale(self) -> torch.Tensor:
+        """exp(logit_scale), clamped at 100."""
+        return self.logit_scale.exp().clamp(max=MAX_LOGIT_SCALE)
+
+    def forward(
+        self, image: torch.Tensor | None = None, text: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
+        image_features = None if image is None else F.normalize(self.encode_image(image), dim=-1)
+        text_features = None if text is None else F.normalize(self.encode_text(text), dim=-1)
+        return image_features, text_features, self.scale()
+
+    def clamp_logit_scale_(self) -> None:
+        """Keep the stored parameter within [0, ln 100] after an optimiser step (as OpenAI)."""
+        with torch.no_grad():
+            self.logit_scale.clamp_(0, math.log(MAX_LOGIT_SCALE))
+
+
+def build_model(config: CLIPConfig) -> CLIP:
+    return CLIP(config)

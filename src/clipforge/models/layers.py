@@ -1,0 +1,116 @@
+"""Building blocks shared by both towers, with OpenAI's parameter names.
+
+Attention keeps ``nn.MultiheadAttention``'s names (``in_proj_weight``, ``in_proj_bias``,
+``out_proj``) so OpenAI and open_clip state dicts load without renaming, but runs one fused QKV
+projection and ``scaled_dot_product_attention`` in batch-first layout.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+__all__ = ["LayerNorm", "QuickGELU", "SelfAttention", "ResidualAttentionBlock", "Transformer"]
+
+
+class LayerNorm(nn.LayerNorm):
+    """LayerNorm computed in fp32 whatever the input dtype (OpenAI's fp16 recipe), cast back."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        weight = None if self.weight is None else self.weight.float()
+        bias = None if self.bias is None else self.bias.float()
+        x = F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps)
+        return x.to(dtype)
+
+
+class QuickGELU(nn.Module):
+    """x * sigmoid(1.702 x): the GELU approximation OpenAI's released weights were trained with."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with nn.MultiheadAttention's parameter layout."""
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"width {width} is not divisible by heads {heads}")
+        self.heads = heads
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
+        self.out_proj = nn.Linear(width, width)
+        # nn.MultiheadAttention's initialisation, so random models match the reference scheme.
+        nn.init.xavier_uniform_(self.in_proj_weight)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def forward(
+        self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False
+    ) -> torch.Tensor:
+        b, n, d = x.shape  # (batch, tokens, width)
+        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)  # (batch, tokens, 3 * width)
+        qkv = qkv.view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # each (batch, heads, tokens, head_dim)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
+        out = out.transpose(1, 2).reshape(b, n, d)  # (batch, tokens, width)
+        return self.out_proj(out)
+
+
+class ResidualAttentionBlock(nn.Module):
+    """Pre-norm transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float, act_layer: type[nn.Module]) -> None:
+        super().__init__()
+        hidden = int(width * mlp_ratio)
+        self.ln_1 = LayerNorm(width)
+        self.attn = SelfAttention(width, heads)
+        self.ln_2 = LayerNorm(width)
+        self.mlp = nn.Sequential(
+            OrderedDict(
+                [("c_fc", nn.Linear(width, hidden)), ("gelu", act_layer()), ("c_proj", nn.Linear(hidden, width))]
+            )
+        )
+
+    def forward(self, x: torch.Tensor, is_causal: bool = False) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), is_causal=is_causal)
+        return x + self.mlp(self.ln_2(x))
+
+
+class Transformer(nn.Module):
+    """A stack of residual attention blocks over (batch, tokens, width)."""
+
+    def __init__(
+        self, width: int, layers: int, heads: int, mlp_ratio: float, act_layer: type[nn.Module]
+    ) -> None:
+        super().__init__()
+        self.width = width
+        self.layers = layers
+        self.grad_checkpointing = False
+        self.resblocks = nn.ModuleList(
+            [ResidualAttentionBlock(width, heads, mlp_ratio, act_layer) for _ in range(layers)]
+        )
+
+    def forward(self, x: torch.Tensor, is_causal: bool = False) -> torch.Tensor:
+        for block in self.resblocks:
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(block, x, is_causal, use_reentrant=False)
+            else:
+                x = block(x, is_causal=is_causal)
+        return x
+
+    def init_reference(self) -> None:
+        """OpenAI's text-transformer initialisation (CLIP.initialize_parameters)."""
+        proj_std = (self.width**-0.5) * ((2 * self.layers) ** -0.5)
+        attn_std = self.width**-0.5
+        fc_std = (2 * self.width) ** -0.5
+        for block in self.resblocks:
+            nn.init.normal_(block.attn.in_proj_weight, std=attn_std)
+            nn.init.normal_(block.attn.out_proj.weight, std=proj_std)
+            nn.init.normal_(block.mlp.c_fc.weight, std=fc_std)
+            nn.init.normal_(block.mlp.c_proj.weight, std=proj_std)

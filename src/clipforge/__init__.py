@@ -1,3 +1,50 @@
-"""clipforge: contrastive language-image pretraining."""
+"""clipforge: contrastive language-image pretraining.
+
+The public API, imported lazily so ``import clipforge`` is fast and pulls in neither torch nor
+the optional heavy parts (FAISS, FastAPI) until a name is used.
+
+    import clipforge
+    model, preprocess = clipforge.load("ViT-B-32-quickgelu")       # or a checkpoint path
+    tokens = clipforge.tokenize(["a photo of a cat"])
+    image_features, text_features, logit_scale = model(images, tokens)
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
+
+# public name -> "module:attribute" (an explicit table; nothing registers itself at import time)
+_EXPORTS: dict[str, str] = {
+    "list_models": "clipforge.registry:list_models",
+    "create_model": "clipforge.factory:create_model",
+    "create_preprocess": "clipforge.factory:create_preprocess",
+    "load": "clipforge.checkpoint:load",
+    "save": "clipforge.checkpoint:save",
+    "convert": "clipforge.checkpoint:convert",
+    "tokenize": "clipforge.tokenizer:tokenize",
+    "image_transform": "clipforge.transforms:image_transform",
+    "CLIP": "clipforge.models.clip:CLIP",
+    "CLIPConfig": "clipforge.config:CLIPConfig",
+    "VisionConfig": "clipforge.config:VisionConfig",
+    "TextConfig": "clipforge.config:TextConfig",
+    "ClipforgeError": "clipforge.errors:ClipforgeError",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    target = _EXPORTS.get(name)
+    if target is None:
+        raise AttributeError(f"module 'clipforge' has no attribute {name!r}")
+    module_name, attr = target.split(":")
+    value = getattr(importlib.import_module(module_name), attr)
+    globals()[name] = value  # cache: later look-ups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

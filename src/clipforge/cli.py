@@ -7,6 +7,7 @@ no traceback. Heavy modules are imported inside the commands so ``clipforge --he
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -29,6 +30,37 @@ def list_models_cmd() -> None:
 
     for name in list_models():
         typer.echo(name)
+
+
+# --- checkpoints ---
+@app.command("convert")
+def convert_cmd(
+    src: str = typer.Argument(..., help="Checkpoint: clipforge .safetensors, OpenAI .pt, open_clip .pt, HF directory, or a model name."),
+    dst: Path = typer.Argument(..., help="Output file (clipforge, open_clip) or directory (hf)."),
+    to: str = typer.Option("clipforge", "--to", help="Target format: clipforge, open_clip or hf."),
+    quick_gelu: Optional[bool] = typer.Option(None, "--quick-gelu/--gelu", help="Activation for plain state dicts (default: QuickGELU, OpenAI's)."),
+) -> None:
+    """Convert a checkpoint between clipforge, open_clip and Hugging Face formats."""
+    from .checkpoint import convert
+
+    out = convert(src, dst, to=to, quick_gelu=quick_gelu)  # type: ignore[arg-type]
+    typer.echo(f"wrote {out}")
+
+
+# --- embedding ---
+@app.command("embed")
+def embed_cmd(
+    model: str = typer.Option(..., "--model", "-m", help="Model name or checkpoint path."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output .npy file (a .txt of row items is written beside it)."),
+    images: Optional[Path] = typer.Option(None, "--images", help="An image file or a folder of images."),
+    texts: Optional[Path] = typer.Option(None, "--texts", help="A text file, one text per line."),
+    batch_size: int = typer.Option(64, "--batch-size"),
+    workers: int = typer.Option(2, "--workers", help="Image decoding processes."),
+) -> None:
+    """Embed images or texts into L2-normalised vectors (.npy)."""
+    from .inference.cli import run_embed
+
+    run_embed(model, out, images=images, texts=texts, batch_size=batch_size, workers=workers)
 
 
 @app.callback()

@@ -63,6 +63,35 @@ def embed_cmd(
     run_embed(model, out, images=images, texts=texts, batch_size=batch_size, workers=workers)
 
 
+# --- training ---
+@app.command("train", context_settings={"allow_interspersed_args": True})
+def train_cmd(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Run config JSON (see examples/tiny_run.json)."),
+    overrides: list[str] = typer.Option([], "--set", help="Dotted override, e.g. --set train.lr=3e-4 (repeatable)."),
+) -> None:
+    """Train a CLIP (one process, or one per device under torchrun); resumes automatically."""
+    from .train import load_run_config, train
+
+    result = train(load_run_config(config, parse_overrides(overrides)))
+    if result.final_weights is not None:
+        typer.echo(f"trained {result.state.step} steps; weights: {result.final_weights}")
+
+
+@app.command("plot")
+def plot_cmd(run_dir: Path = typer.Argument(..., help="A training run directory.")) -> None:
+    """Write loss / logit-scale / zero-shot curves of a run as PNG."""
+    from .train.plot import plot_run
+
+    for path in plot_run(run_dir):
+        typer.echo(f"wrote {path}")
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    from .train.config import parse_overrides as parse
+
+    return parse(pairs)
+
+
 @app.callback()
 def _root() -> None:
     """Train, convert, evaluate and serve CLIP models."""

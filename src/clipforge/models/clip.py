@@ -30,6 +30,9 @@ class CLIP(TextTower):
     ``encode_image`` and ``encode_text`` return unnormalised features, as OpenAI's do.
     """
 
+    # Embeddings and the temperature: no weight decay (see train/optim.py).
+    no_weight_decay = ("positional_embedding", "logit_scale", "logit_bias")
+
     def __init__(self, config: CLIPConfig) -> None:
         super().__init__()
         self.config = config

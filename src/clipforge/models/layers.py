@@ -38,6 +38,8 @@ class QuickGELU(nn.Module):
 class SelfAttention(nn.Module):
     """Multi-head self-attention with nn.MultiheadAttention's parameter layout."""
 
+    no_weight_decay = ("in_proj_bias",)
+
     def __init__(self, width: int, heads: int) -> None:
         super().__init__()
         if width % heads:

@@ -55,6 +55,8 @@ class Bottleneck(nn.Module):
 class AttentionPool2d(nn.Module):
     """Single-query attention over the feature map; the query is the mean-pooled feature."""
 
+    no_weight_decay = ("positional_embedding",)
+
     def __init__(self, spatial_dim: int, embed_dim: int, num_heads: int, output_dim: int) -> None:
         super().__init__()
         self.positional_embedding = nn.Parameter(

@@ -15,6 +15,10 @@ class VisionTransformer(nn.Module):
     """Patchify (conv without bias), class token, positional embedding, ln_pre, transformer,
     ln_post on the class token, projection without bias."""
 
+    # Direct parameters that are embeddings (added to activations), not weight matrices:
+    # the optimiser gives them no weight decay.
+    no_weight_decay = ("class_embedding", "positional_embedding")
+
     def __init__(self, cfg: VisionConfig, output_dim: int, act_layer: type[nn.Module]) -> None:
         super().__init__()
         assert cfg.patch_size is not None and isinstance(cfg.layers, int)

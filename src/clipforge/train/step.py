@@ -136,7 +136,7 @@ def train_step(
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.update()  # lets the fp16 scaler back off after an overflow
-        return StepResult(float(loss), True, float(norm))
+        return StepResult(float(loss.detach()), True, float(norm))
     if scaler is not None:
         scaler.step(optimizer)
         scaler.update()
@@ -145,4 +145,4 @@ def train_step(
     core = getattr(model, "module", model)
     if hasattr(core, "clamp_logit_scale_"):
         core.clamp_logit_scale_()
-    return StepResult(float(loss), False, float(norm))
+    return StepResult(float(loss.detach()), False, float(norm))

@@ -1,0 +1,118 @@
+"""A training run as data: frozen dataclasses, read from JSON, overridden by dotted keys."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config import apply_overrides
+from ..errors import ConfigError
+
+__all__ = ["DataConfig", "TrainConfig", "RunConfig", "load_run_config", "parse_overrides"]
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    train: str = "synthetic:512"  # CSV/TSV, JSONL, image folder, .tar shards, a built data set dir
+    image_key: str = "image"
+    caption_key: str = "caption"
+    workers: int = 0
+    spread_concepts: bool = True  # at most one sample per concept in a batch (no false negatives)
+    eval: str | None = None  # a built data set dir: zero-shot on its held-out concepts
+    augment: bool = True
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    batch_size: int = 64  # per process
+    micro_batch: int | None = None  # gradient cache below this
+    steps: int = 1000
+    max_minutes: float | None = None  # wall-clock budget: fixes `steps` from the measured speed
+    lr: float = 5e-4
+    weight_decay: float = 0.2
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-6
+    warmup_steps: int = 100
+    max_grad_norm: float | None = 1.0
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (GPU)
+    seed: int = 0
+    grad_checkpointing: bool = False
+    loss: str = "clip"  # clip | siglip
+    local_loss: bool = False
+    lock_image: bool = False
+    lock_text: bool = False
+    init_from: str | None = None  # any checkpoint clipforge.load reads
+    checkpoint_every: int = 100
+    keep_last: int = 2
+    eval_every: int = 0
+    log_every: int = 10
+    max_consecutive_skips: int = 10
+    resume: str = "auto"  # auto | never | PATH
+    threads: int | None = None
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: str = "tiny-vit"
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    out_dir: str = "runs/run"
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
+        valid = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - valid
+        if unknown:
+            raise ConfigError(f"unknown run config key(s) {sorted(unknown)}; valid keys: {sorted(valid)}")
+        kwargs = dict(data)
+        for key, sub in (("data", DataConfig), ("train", TrainConfig)):
+            if key in kwargs:
+                kwargs[key] = _sub(sub, kwargs[key], key)
+        return cls(**kwargs)
+
+
+def _sub(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    valid = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - valid
+    if unknown:
+        raise ConfigError(f"unknown key(s) {sorted(f'{prefix}.{k}' for k in unknown)}; valid: {sorted(valid)}")
+    if "betas" in data:
+        data = {**data, "betas": tuple(data["betas"])}
+    return cls(**data)
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``["train.lr=3e-4", "data.train=x.csv"]`` -> dict; values are JSON when they parse."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"override {pair!r} must look like key=value, e.g. train.lr=3e-4")
+        key, raw = pair.split("=", 1)
+        try:
+            out[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key.strip()] = raw
+    return out
+
+
+def load_run_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> RunConfig:
+    config = RunConfig()
+    if path is not None:
+        try:
+            config = RunConfig.from_dict(json.loads(Path(path).read_text()))
+        except FileNotFoundError:
+            raise ConfigError(f"run config {path} does not exist") from None
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"run config {path} is not valid JSON ({e})") from None
+    if overrides:
+        if "train.betas" in overrides:
+            overrides = {**overrides, "train.betas": tuple(overrides["train.betas"])}
+        config = apply_overrides(config, overrides)
+    return config

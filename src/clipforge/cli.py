@@ -92,6 +92,20 @@ def parse_overrides(pairs: list[str]) -> dict:
     return parse(pairs)
 
 
+# --- demo ---
+@app.command("demo")
+def demo_cmd(
+    minutes: float = typer.Option(10.0, "--minutes", help="Training budget (wall clock)."),
+    out: Path = typer.Option(Path("demo_out"), "--out", help="Where the run and the report go."),
+    data: str = typer.Option("openmoji", "--data", help="Data set builder: openmoji or tuxpaint."),
+    device: str = typer.Option("cpu", "--device", help="cpu, or cuda when a GPU is present."),
+) -> None:
+    """Build a real data set, train a small CLIP on it, evaluate zero-shot, write a report."""
+    from .demo import run_demo
+
+    run_demo(out=out, minutes=minutes, data=data, device=device)
+
+
 @app.callback()
 def _root() -> None:
     """Train, convert, evaluate and serve CLIP models."""

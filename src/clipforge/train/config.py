@@ -52,6 +52,7 @@ class TrainConfig:
     max_consecutive_skips: int = 10
     resume: str = "auto"  # auto | never | PATH
     threads: int | None = None
+    device: str | None = None  # None: cuda when available, else cpu
 
 
 @dataclass(frozen=True)

@@ -91,7 +91,7 @@ def _resume(config: RunConfig, run_dir: Path, model, optimizer, scaler) -> Train
 
 def train(config: RunConfig, eval_fn: EvalFn | None = None) -> RunResult:
     """Train as ``config`` says; resumes from the newest checkpoint in ``out_dir``."""
-    dist = init_distributed()
+    dist = init_distributed(config.train.device)
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     try:

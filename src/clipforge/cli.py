@@ -99,11 +99,12 @@ def demo_cmd(
     out: Path = typer.Option(Path("demo_out"), "--out", help="Where the run and the report go."),
     data: str = typer.Option("openmoji", "--data", help="Data set builder: openmoji or tuxpaint."),
     device: str = typer.Option("cpu", "--device", help="cpu, or cuda when a GPU is present."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Use about this many images (a quick look)."),
 ) -> None:
     """Build a real data set, train a small CLIP on it, evaluate zero-shot, write a report."""
     from .demo import run_demo
 
-    run_demo(out=out, minutes=minutes, data=data, device=device)
+    run_demo(out=out, minutes=minutes, data=data, device=device, limit=limit)
 
 
 @app.callback()

@@ -54,7 +54,7 @@ def write_report(out_dir: Path, results: dict[str, dict[str, Any]], splits: dict
     out_dir.mkdir(parents=True, exist_ok=True)
     grids = {}
     for name, split in splits.items():
-        grids[name] = out_dir / f"predictions_{name}.png"
+        grids[name] = out_dir / f"predictions_{name.replace(' ', '_').replace('-', '')}.png"
         _grid(grids[name], split, results[name]["examples"])
     rows = summary_rows(results)
     md = _markdown(rows, results, run_info, curves, grids, out_dir)

@@ -22,11 +22,12 @@ __all__ = ["run_demo"]
 
 
 def run_demo(out: Path = Path("demo_out"), minutes: float = 10.0, data: str = "openmoji",
-             data_dir: Path | None = None, device: str = "cpu", threads: int | None = None) -> Path:  # fmt: skip
+             data_dir: Path | None = None, device: str = "cpu", threads: int | None = None,
+             limit: int | None = None) -> Path:  # fmt: skip
     """Returns the path of the HTML report. Interrupted, it saves; run it again to resume."""
-    data_dir = data_dir or cache_dir() / "datasets" / f"{data}-48"
+    data_dir = data_dir or cache_dir() / "datasets" / (f"{data}-48" + (f"-{limit}" if limit else ""))
     _say(f"building (or reusing) the {data} data set in {data_dir}")
-    manifest = build_dataset(data, data_dir, image_size=48)
+    manifest = build_dataset(data, data_dir, image_size=48, limit=limit)
     config = demo_run_config(data_dir, out, minutes, device, threads)
     templates = load_templates("emoji")
     eval_preprocess = create_preprocess(_config(config))

@@ -25,7 +25,7 @@ CAPTION_WORDS = ["cat", "grinning face", "red heart", "flag of France", "woman s
                  "thumbs up", "party popper", "sun behind cloud", "person walking facing right"]  # fmt: skip
 
 
-def make_batches(n: int, batch: int, size: int, seed: int = 0):
+def make_batches(n: int, batch: int, size: int, context: int, seed: int = 0):
     from clipforge.tokenizer import tokenize
 
     rng = random.Random(seed)
@@ -33,7 +33,7 @@ def make_batches(n: int, batch: int, size: int, seed: int = 0):
     out = []
     for _ in range(n):
         captions = [f"an emoji of a {rng.choice(CAPTION_WORDS)}, {rng.choice(['drawn', 'icon', 'sticker'])}" for _ in range(batch)]
-        out.append((torch.randn(batch, 3, size, size, generator=g), tokenize(captions)))
+        out.append((torch.randn(batch, 3, size, size, generator=g), tokenize(captions, context_length=context, truncate=True)))
     return out
 
 
@@ -94,7 +94,7 @@ def main() -> None:
         theirs = open_clip.model.CLIP(cfg["embed_dim"], cfg["vision_cfg"], cfg["text_cfg"], quick_gelu=cfg["quick_gelu"])
         theirs.load_state_dict(ours.state_dict())
         theirs.train()
-        batches = make_batches(args.steps + 2, args.batch, ours.image_size)
+        batches = make_batches(args.steps + 2, args.batch, ours.image_size, ours.context_length)
         t_ours, l_ours = run_clipforge(ours, batches, precision)
         t_theirs, l_theirs = run_open_clip(theirs, batches, precision)
         n = args.steps * args.batch

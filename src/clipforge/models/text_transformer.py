@@ -54,13 +54,16 @@ class TextTower(nn.Module):
         With ``trim_padding`` the tower runs only up to the longest end-of-text position in the
         batch. Exact: under the causal mask no kept position attends to a trimmed one.
         """
-        if text.dim() != 2 or text.shape[1] > self.context_length:
-            raise ValueError(
-                f"expected token ids of shape (batch, <= {self.context_length}), got {tuple(text.shape)}"
-            )
+        if text.dim() != 2:
+            raise ValueError(f"expected token ids of shape (batch, length), got {tuple(text.shape)}")
         eot = text.argmax(dim=-1)  # (batch,): the end-of-text token has the largest id
         if trim_padding and text.shape[0] > 0:
             text = text[:, : int(eot.max()) + 1]
+        if text.shape[1] > self.context_length:
+            raise ValueError(
+                f"token ids of length {text.shape[1]} exceed the model's context length "
+                f"{self.context_length}; tokenize with context_length={self.context_length}, truncate=True"
+            )
         n = text.shape[1]
         dtype = self.text_projection.dtype
         x = self.token_embedding(text).to(dtype)  # (batch, n, width)

@@ -6,7 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clipforge.losses import ClipLoss, SigLipLoss, make_loss
+from clipforge.errors import ConfigError
+from clipforge.factory import create_model
+from clipforge.losses import ClipLoss, SigLipLoss, make_loss, siglip_config
+from clipforge.registry import get_model_config
 
 
 def _features(n: int = 6, d: int = 8, seed: int = 0):
@@ -38,12 +41,33 @@ def test_siglip_loss_matches_definition_and_needs_bias() -> None:
     z = 2 * torch.eye(6) - 1
     expected = -F.logsigmoid(z * logits).sum() / 6
     assert SigLipLoss()(img, txt, t, b).item() == pytest.approx(expected.item(), rel=1e-6)
-    with pytest.raises(ValueError, match="logit_bias"):
+    with pytest.raises(ConfigError, match="logit_bias"):
         SigLipLoss()(img, txt, t)
 
 
 def test_make_loss() -> None:
     assert isinstance(make_loss("clip"), ClipLoss) and isinstance(make_loss("siglip"), SigLipLoss)
-    with pytest.raises(ValueError, match="unknown loss"):
+    assert make_loss("clip", 0, 1, True, gather_with_grad=False).gather_with_grad is False
+    with pytest.raises(ConfigError, match="unknown loss"):
         make_loss("triplet")
     assert math.isfinite(make_loss("clip", local_loss=True)(*_features(), torch.tensor(1.0)).item())
+
+
+def test_losses_and_gradients_match_open_clip() -> None:
+    open_clip_loss = pytest.importorskip("open_clip.loss")
+    img, txt = (f.requires_grad_() for f in _features(n=10, d=16, seed=3))
+    scale, bias = torch.tensor(7.0, requires_grad=True), torch.tensor(-4.0, requires_grad=True)
+    pairs = [(ClipLoss(), open_clip_loss.ClipLoss(), None), (SigLipLoss(), open_clip_loss.SigLipLoss(), bias)]
+    for ours, theirs, b in pairs:
+        inputs = [img, txt, scale] + ([b] if b is not None else [])
+        loss, reference_loss = ours(img, txt, scale, b), theirs(img, txt, scale, *([b] if b is not None else []))
+        assert loss.item() == pytest.approx(reference_loss.item(), rel=1e-6)
+        mine, reference = torch.autograd.grad(loss, inputs), torch.autograd.grad(reference_loss, inputs)
+        for a, r in zip(mine, reference):
+            assert torch.allclose(a, r, atol=1e-6), type(ours).__name__
+
+
+def test_siglip_config_sets_the_papers_initialisation() -> None:
+    model = create_model(siglip_config(get_model_config("tiny-vit")), seed=0)
+    assert model.scale().item() == pytest.approx(10.0, rel=1e-6)
+    assert model.logit_bias.item() == -10.0

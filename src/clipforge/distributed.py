@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from .errors import ConfigError
+
 __all__ = ["DistInfo", "init_distributed", "is_main", "all_gather_with_grad", "all_reduce_mean", "barrier", "cleanup"]
 
 
@@ -32,10 +34,18 @@ def init_distributed(device: str | None = None) -> DistInfo:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+    if use_cuda and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} was asked for but this machine has no usable GPU; use device 'cpu'")
     dev = f"cuda:{local_rank}" if use_cuda else "cpu"
     if use_cuda:
         torch.cuda.set_device(local_rank)
     if world_size > 1 and not dist.is_initialized():
+        missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
+        if missing:
+            raise ConfigError(
+                f"WORLD_SIZE={world_size} but {' and '.join(missing)} not set; start the run with torchrun "
+                "(e.g. torchrun --nproc-per-node 2 -m clipforge train ...), which sets all of them"
+            )
         dist.init_process_group(backend="nccl" if use_cuda else "gloo", rank=rank, world_size=world_size)
     return DistInfo(rank, local_rank, world_size, dev)
 
@@ -92,6 +102,7 @@ class _ScaleGradient(torch.autograd.Function):
 
 
 def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
+    """Mean of ``value`` over processes; ``value`` itself when there is one process."""
     if not dist.is_initialized():
         return value
     value = value.clone()

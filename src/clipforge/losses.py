@@ -8,12 +8,31 @@ one process with B samples.
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 import torch
 import torch.nn.functional as F
 
+from .config import CLIPConfig
 from .distributed import all_gather_with_grad
+from .errors import ConfigError, TrainingError
 
-__all__ = ["ClipLoss", "SigLipLoss", "make_loss"]
+__all__ = ["ClipLoss", "SigLipLoss", "make_loss", "siglip_config"]
+
+# Sigmoid-loss initialisation (Zhai et al. 2023, Sec. 3.3): t' = log 10, b = -10, so the many
+# negatives start with a small loss instead of dominating the first steps.
+SIGLIP_INIT_LOGIT_SCALE = math.log(10)
+SIGLIP_INIT_LOGIT_BIAS = -10.0
+
+
+def _check_world(world_size: int) -> None:
+    """A world size > 1 without a process group would silently score only the local batch."""
+    if world_size > 1 and not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        raise TrainingError(
+            f"the loss was built for {world_size} processes but no process group is running; "
+            "call clipforge.distributed.init_distributed() first (under torchrun), or use world_size=1"
+        )
 
 
 class ClipLoss(torch.nn.Module):
@@ -33,6 +52,7 @@ class ClipLoss(torch.nn.Module):
     def __init__(self, local_loss: bool = False, gather_with_grad: bool = True, rank: int = 0,
                  world_size: int = 1) -> None:  # fmt: skip
         super().__init__()
+        _check_world(world_size)
         self.local_loss, self.gather_with_grad = local_loss, gather_with_grad
         self.rank, self.world_size = rank, world_size
 
@@ -62,7 +82,7 @@ class SigLipLoss(torch.nn.Module):
     """Sigmoid loss (Zhai et al. 2023): every image–text pair is an independent binary problem,
     ``-log σ(z · (t·cos + b))`` with z = +1 on the diagonal, -1 elsewhere, summed over columns
     and averaged over rows. The model needs a learnable bias: init t = log 10, b = -10
-    (``CLIPConfig(init_logit_scale=math.log(10), init_logit_bias=-10)``).
+    (``siglip_config(cfg)``, i.e. ``init_logit_scale=math.log(10), init_logit_bias=-10``).
 
     Across processes each rank scores its rows against the gathered texts (one all-gather rather
     than the paper's ring of neighbour exchanges: the same numbers, simpler code).
@@ -70,12 +90,16 @@ class SigLipLoss(torch.nn.Module):
 
     def __init__(self, rank: int = 0, world_size: int = 1) -> None:
         super().__init__()
+        _check_world(world_size)
         self.rank, self.world_size = rank, world_size
 
     def forward(self, image_features: torch.Tensor, text_features: torch.Tensor,
                 logit_scale: torch.Tensor, logit_bias: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
         if logit_bias is None:
-            raise ValueError("the sigmoid loss needs the model's logit_bias; set CLIPConfig.init_logit_bias")
+            raise ConfigError(
+                "the sigmoid loss needs the model's logit_bias but it is None; build the model from "
+                "clipforge.losses.siglip_config(config) (init_logit_bias=-10)"
+            )
         local_n = image_features.shape[0]
         all_text = all_gather_with_grad(text_features, True, self.rank) if self.world_size > 1 else text_features
         logits = logit_scale * image_features @ all_text.T + logit_bias  # (local_n, N)
@@ -87,9 +111,16 @@ class SigLipLoss(torch.nn.Module):
         return -F.logsigmoid(labels * logits.float()).sum() / total_n * self.world_size
 
 
-def make_loss(name: str, rank: int = 0, world_size: int = 1, local_loss: bool = False) -> torch.nn.Module:
+def make_loss(name: str, rank: int = 0, world_size: int = 1, local_loss: bool = False, **kw) -> torch.nn.Module:
+    """``"clip"`` -> :class:`ClipLoss`, ``"siglip"`` -> :class:`SigLipLoss` (which always gathers
+    with gradient and is already local, so ``local_loss`` does not apply to it)."""
     if name == "clip":
-        return ClipLoss(local_loss=local_loss, rank=rank, world_size=world_size)
+        return ClipLoss(local_loss=local_loss, rank=rank, world_size=world_size, **kw)
     if name == "siglip":
-        return SigLipLoss(rank=rank, world_size=world_size)
-    raise ValueError(f"unknown loss {name!r}; choose 'clip' or 'siglip'")
+        return SigLipLoss(rank=rank, world_size=world_size, **kw)
+    raise ConfigError(f"unknown loss {name!r}; choose 'clip' (InfoNCE) or 'siglip' (sigmoid)")
+
+
+def siglip_config(config: CLIPConfig) -> CLIPConfig:
+    """``config`` with the sigmoid loss's logit scale and bias initialisation."""
+    return dataclasses.replace(config, init_logit_scale=SIGLIP_INIT_LOGIT_SCALE, init_logit_bias=SIGLIP_INIT_LOGIT_BIAS)

@@ -6,8 +6,16 @@ accumulation over micro-batches changes the loss. Instead: (1) embed every micro
 a graph, (2) compute the loss on the whole batch's features and its gradient w.r.t. those
 features, (3) re-run each micro-batch with a graph and back-propagate the cached feature
 gradients. Parameter gradients equal the full-batch ones; memory is that of one micro-batch.
-(BatchNorm in ResNet towers sees micro-batch statistics in train mode: exact for ViTs, and for
-ResNets with frozen BN.)
+
+BatchNorm (ResNet image towers) in train mode normalises with each micro-batch's statistics, so
+gradients are those of the micro-batches' statistics, not the full batch's: exact for ViTs and
+for ResNets in eval mode (frozen BN), close otherwise. The graph-free embedding pass would also
+update the running statistics a second time; they are restored after it, so each sample moves
+them once, as in ordinary gradient accumulation.
+
+Under DistributedDataParallel every micro-batch but the last runs under ``no_sync()`` and the
+logit scale and bias receive their cached gradients in the last backward, so DDP reduces every
+parameter once per step (and with ``find_unused_parameters=False``).
 """
 
 from __future__ import annotations
@@ -71,8 +79,12 @@ def _chunks(n: int, size: int | None) -> Iterator[slice]:
         yield slice(start, min(start + size, n))
 
 
+def _core(model: torch.nn.Module) -> torch.nn.Module:
+    return getattr(model, "module", model)  # the CLIP inside a DistributedDataParallel wrapper
+
+
 def _logit_bias(model: torch.nn.Module) -> torch.Tensor | None:
-    return getattr(getattr(model, "module", model), "logit_bias", None)
+    return getattr(_core(model), "logit_bias", None)
 
 
 def _forward_loss(model, loss_fn, images, tokens, amp) -> torch.Tensor:
@@ -81,24 +93,49 @@ def _forward_loss(model, loss_fn, images, tokens, amp) -> torch.Tensor:
         return loss_fn(image_features, text_features, scale, _logit_bias(model))
 
 
-def _grad_cache_backward(model, loss_fn, images, tokens, micro: int, amp, scaler) -> torch.Tensor:
-    n = images.shape[0]
-    with torch.no_grad(), amp:
-        feats = [model(images[s], tokens[s]) for s in _chunks(n, micro)]
+@contextlib.contextmanager
+def _running_stats_kept(model: torch.nn.Module) -> Iterator[None]:
+    """Undo the BatchNorm running-statistics updates made inside the block."""
+    batch_norm = torch.nn.modules.batchnorm._BatchNorm
+    norms = [m for m in model.modules() if isinstance(m, batch_norm) and m.training and m.track_running_stats]
+    saved = [[b.clone() for b in (m.running_mean, m.running_var, m.num_batches_tracked)] for m in norms]
+    yield
+    for m, (mean, var, count) in zip(norms, saved):
+        m.running_mean.copy_(mean), m.running_var.copy_(var), m.num_batches_tracked.copy_(count)
+
+
+def _embed_without_graph(model, images, tokens, micro: int, amp) -> tuple[torch.Tensor, torch.Tensor]:
+    with _running_stats_kept(_core(model)), torch.no_grad(), amp:
+        feats = [model(images[s], tokens[s]) for s in _chunks(images.shape[0], micro)]
     image_features = torch.cat([f[0] for f in feats]).float().requires_grad_()  # (batch, dim)
-    text_features = torch.cat([f[1] for f in feats]).float().requires_grad_()
-    # The scale and bias are parameters: let them take their gradient from the full-batch loss.
-    core = getattr(model, "module", model)
-    scale = core.scale()
+    text_features = torch.cat([f[1] for f in feats]).float().requires_grad_()  # (batch, dim)
+    return image_features, text_features
+
+
+def _grad_cache_backward(model, loss_fn, images, tokens, micro: int, amp, scaler) -> torch.Tensor:
+    image_features, text_features = _embed_without_graph(model, images, tokens, micro, amp)
+    core = _core(model)
+    # Scale and bias enter as detached leaves; their gradients are handed to the parameters in
+    # the last micro-batch's backward, inside DDP's view, rather than here outside it.
+    with torch.no_grad():
+        scale = core.scale().requires_grad_()  # ()
+    bias = _logit_bias(model)
+    bias_leaf = None if bias is None else bias.detach().requires_grad_()
     with amp:
-        loss = loss_fn(image_features, text_features, scale, _logit_bias(model))
-    _backward(loss, scaler)  # grads of features, logit scale and bias
-    image_grad, text_grad = image_features.grad, text_features.grad
-    for s in _chunks(n, micro):
-        with amp:
-            img, txt, _ = model(images[s], tokens[s])
-        # Same backward for every micro-batch; the cached gradients already carry the loss scale.
-        torch.autograd.backward([img.float(), txt.float()], [image_grad[s], text_grad[s]])
+        loss = loss_fn(image_features, text_features, scale, bias_leaf)
+    _backward(loss, scaler)  # the cached gradients carry the fp16 loss scale, if any
+    chunks = list(_chunks(images.shape[0], micro))
+    for i, s in enumerate(chunks):
+        last = i == len(chunks) - 1
+        with contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync():
+            with amp:
+                img, txt, live_scale = model(images[s], tokens[s])  # (micro, dim) ×2, ()
+            outputs, grads = [img.float(), txt.float()], [image_features.grad[s], text_features.grad[s]]
+            if last and scale.grad is not None:
+                outputs, grads = outputs + [live_scale.float()], grads + [scale.grad]
+            if last and bias_leaf is not None and bias_leaf.grad is not None:
+                outputs, grads = outputs + [bias], grads + [bias_leaf.grad]
+            torch.autograd.backward(outputs, grads)
     return loss.detach()
 
 
@@ -126,8 +163,9 @@ def train_step(
         loss = _grad_cache_backward(model, loss_fn, images, tokens, micro_batch, amp, scaler)
     else:
         loss = _forward_loss(model, loss_fn, images, tokens, amp)
-        if torch.isfinite(loss):
-            _backward(loss, scaler)
+        # Backward even when the loss is not finite: under DDP every process must join the
+        # gradient all-reduce, and the non-finite gradient norm below then skips the step.
+        _backward(loss, scaler)
     if scaler is not None:
         scaler.unscale_(optimizer)
     params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
@@ -142,7 +180,7 @@ def train_step(
         scaler.update()
     else:
         optimizer.step()
-    core = getattr(model, "module", model)
+    core = _core(model)
     if hasattr(core, "clamp_logit_scale_"):
         core.clamp_logit_scale_()
     return StepResult(float(loss.detach()), False, float(norm))

@@ -91,3 +91,23 @@ def test_fp16_on_cpu_is_a_clear_error() -> None:
     model = create_model("tiny-vit", seed=0).train()
     with pytest.raises(TrainingError, match="fp16 training needs a GPU"):
         train_step(model, ClipLoss(), *_batch(), torch.optim.SGD(model.parameters(), lr=0.1), precision="fp16")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="fp16 with a GradScaler needs a GPU")
+def test_fp16_gradient_cache_on_gpu_matches_fp32_and_backs_off_on_overflow() -> None:
+    images, tokens = (t.cuda() for t in _batch())
+    grads = {}
+    for precision in ("fp32", "fp16"):
+        model = create_model("tiny-vit", seed=0, device="cuda").train()
+        scaler = torch.amp.GradScaler("cuda", init_scale=1024.0) if precision == "fp16" else None
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+        result = train_step(model, ClipLoss(), images, tokens, optimizer, micro_batch=4, precision=precision, scaler=scaler)
+        assert not result.skipped
+        grads[precision] = torch.cat([p.grad.flatten() for p in model.parameters()])
+    cosine = torch.nn.functional.cosine_similarity(grads["fp32"], grads["fp16"], dim=0).item()
+    assert cosine > 0.99  # fp16 activations: close, not equal
+    bad = images.clone()
+    bad[0] = float("inf")
+    scaler = torch.amp.GradScaler("cuda", init_scale=1024.0)
+    result = train_step(model, ClipLoss(), bad, tokens, optimizer, precision="fp16", scaler=scaler)
+    assert result.skipped and scaler.get_scale() < 1024.0

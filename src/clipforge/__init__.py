@@ -31,6 +31,13 @@ _EXPORTS: dict[str, str] = {
     "VisionConfig": "clipforge.config:VisionConfig",
     "TextConfig": "clipforge.config:TextConfig",
     "ClipforgeError": "clipforge.errors:ClipforgeError",
+    "zero_shot_classifier": "clipforge.eval.zeroshot:zero_shot_classifier",
+    "clip_score": "clipforge.eval.clip_score:clip_score",
+    "linear_probe": "clipforge.eval.linear_probe:linear_probe",
+    "retrieval_metrics": "clipforge.eval.retrieval:retrieval_metrics",
+    "train": "clipforge.train:train",
+    "RunConfig": "clipforge.train:RunConfig",
+    "build_dataset": "clipforge.datasets:build_dataset",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

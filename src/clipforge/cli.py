@@ -70,9 +70,13 @@ def train_cmd(
     overrides: list[str] = typer.Option([], "--set", help="Dotted override, e.g. --set train.lr=3e-4 (repeatable)."),
 ) -> None:
     """Train a CLIP (one process, or one per device under torchrun); resumes automatically."""
-    from .train import load_run_config, train
+    from .train import TrainingInterrupted, load_run_config, train
 
-    result = train(load_run_config(config, parse_overrides(overrides)))
+    try:
+        result = train(load_run_config(config, parse_overrides(overrides)))
+    except TrainingInterrupted as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(130) from None  # the shell's code for "stopped by Ctrl-C"
     if result.final_weights is not None:
         typer.echo(f"trained {result.state.step} steps; weights: {result.final_weights}")
 
@@ -105,6 +109,55 @@ def demo_cmd(
     from .demo import run_demo
 
     run_demo(out=out, minutes=minutes, data=data, device=device, limit=limit)
+
+
+# --- evaluation ---
+eval_app = typer.Typer(help="Evaluate a model: zero-shot, retrieval, linear probe, style shift.", no_args_is_help=True)
+app.add_typer(eval_app, name="eval")
+
+
+def _eval(task: str, model: str, data: str, out: Path, templates: str, split: str) -> None:
+    from .eval.run import run_eval
+
+    result = run_eval(task, model, data, out, templates=templates, split=split)
+    for key, value in result["metrics"].items():
+        if isinstance(value, float):
+            typer.echo(f"{key:32s} {value:.4f}")
+        elif key == "styles":
+            for row in value:
+                typer.echo(f"{row['style']:32s} top-1 {row['acc1']:.1%}  drop {row['drop_acc1']:+.1%}")
+    typer.echo(f"wrote {out}/")
+
+
+_MODEL = typer.Option(..., "--model", "-m", help="Model name or checkpoint.")
+_DATA = typer.Option(..., "--data", "-d", help="Class folders, a built data set dir, CSV/JSONL, or cifar10:ROOT.")
+_OUT = typer.Option(Path("eval_out"), "--out", help="Output directory (JSON, markdown, plots).")
+_TEMPLATES = typer.Option("simple", "--templates", help="imagenet, simple, cifar, emoji, clipart or a file.")
+_SPLIT = typer.Option("heldout", "--split", help="Split of a built data set.")
+
+
+@eval_app.command("zeroshot")
+def eval_zeroshot(model: str = _MODEL, data: str = _DATA, out: Path = _OUT, templates: str = _TEMPLATES, split: str = _SPLIT) -> None:
+    """Zero-shot classification: top-1, top-5, mean per-class recall, confusion matrix."""
+    _eval("zeroshot", model, data, out, templates, split)
+
+
+@eval_app.command("retrieval")
+def eval_retrieval(model: str = _MODEL, data: str = _DATA, out: Path = _OUT, split: str = _SPLIT) -> None:
+    """Text->image and image->text recall@1/5/10."""
+    _eval("retrieval", model, data, out, "simple", split)
+
+
+@eval_app.command("linear-probe")
+def eval_linear_probe(model: str = _MODEL, data: str = _DATA, out: Path = _OUT, split: str = _SPLIT) -> None:
+    """Logistic regression on frozen image features, C chosen on a validation split."""
+    _eval("linear-probe", model, data, out, "simple", split)
+
+
+@eval_app.command("shift")
+def eval_shift(model: str = _MODEL, data: str = _DATA, out: Path = _OUT, templates: str = typer.Option("emoji", "--templates")) -> None:
+    """Zero-shot accuracy of the same emoji concepts in other styles (fonts, grey-scale, blur)."""
+    _eval("shift", model, data, out, templates, "train")
 
 
 @app.callback()

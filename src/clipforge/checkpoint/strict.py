@@ -10,23 +10,17 @@ from ..errors import CheckpointError
 __all__ = ["load_strict"]
 
 
+def _no_extra_keys(keys: list[str], kind: str, hint: str, source: str) -> None:
+    if keys:
+        more = f" (and {len(keys) - 1} more)" if len(keys) > 1 else ""
+        raise CheckpointError(f"{source}: {kind} key {keys[0]!r}{more}; {hint}")
+
+
 def load_strict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
     """Copy ``state_dict`` into ``model``; missing, unexpected or mis-shaped keys raise."""
     expected = model.state_dict()
-    missing = [k for k in expected if k not in state_dict]
-    if missing:
-        raise CheckpointError(
-            f"{source}: missing key {missing[0]!r}"
-            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
-            + "; the checkpoint does not match this architecture"
-        )
-    unexpected = [k for k in state_dict if k not in expected]
-    if unexpected:
-        raise CheckpointError(
-            f"{source}: unexpected key {unexpected[0]!r}"
-            + (f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else "")
-            + "; the checkpoint is of a different architecture"
-        )
+    _no_extra_keys([k for k in expected if k not in state_dict], "missing", "the checkpoint does not match this architecture", source)
+    _no_extra_keys([k for k in state_dict if k not in expected], "unexpected", "the checkpoint is of a different architecture", source)
     for key, value in state_dict.items():
         if value.shape != expected[key].shape:
             raise CheckpointError(

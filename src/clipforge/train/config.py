@@ -11,7 +11,10 @@ from typing import Any
 from ..config import apply_overrides
 from ..errors import ConfigError
 
-__all__ = ["DataConfig", "TrainConfig", "RunConfig", "load_run_config", "parse_overrides"]
+__all__ = ["DataConfig", "TrainConfig", "RunConfig", "load_run_config", "parse_overrides", "check_run_config"]
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+LOSSES = ("clip", "siglip")
 
 
 @dataclass(frozen=True)
@@ -21,7 +24,11 @@ class DataConfig:
     caption_key: str = "caption"
     workers: int = 0
     spread_concepts: bool = True  # at most one sample per concept in a batch (no false negatives)
-    eval: str | None = None  # a built data set dir: zero-shot on its held-out concepts
+    # Held-out evaluation during training: a built data set dir (its "heldout" split), or any
+    # source `train` accepts; class = each sample's concept (else its first caption).
+    val: str | None = None
+    val_templates: str = "simple"  # a template set of clipforge.eval.templates, or a file
+    val_max_images: int = 2000  # decoded once and kept in memory
     augment: bool = True
 
 
@@ -30,6 +37,7 @@ class TrainConfig:
     batch_size: int = 64  # per process
     micro_batch: int | None = None  # gradient cache below this
     steps: int = 1000
+    epochs: int | None = None  # when set, replaces `steps` by epochs x batches per epoch
     max_minutes: float | None = None  # wall-clock budget: fixes `steps` from the measured speed
     lr: float = 5e-4
     weight_decay: float = 0.2
@@ -116,4 +124,27 @@ def load_run_config(path: str | Path | None, overrides: dict[str, Any] | None = 
         if "train.betas" in overrides:
             overrides = {**overrides, "train.betas": tuple(overrides["train.betas"])}
         config = apply_overrides(config, overrides)
+    check_run_config(config)
     return config
+
+
+def check_run_config(config: RunConfig) -> None:
+    """Reject values that would only fail later, deep in the run, with a clearer sentence now."""
+    t = config.train
+    problems = []
+    if t.precision not in PRECISIONS:
+        problems.append(f"train.precision {t.precision!r} is not one of {', '.join(PRECISIONS)}")
+    if t.loss not in LOSSES:
+        problems.append(f"train.loss {t.loss!r} is not one of {', '.join(LOSSES)}")
+    for key in ("batch_size", "steps", "checkpoint_every", "keep_last", "log_every"):
+        value = getattr(t, key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            problems.append(f"train.{key} must be a whole number >= 1 (got {value!r})")
+    if t.epochs is not None and (not isinstance(t.epochs, int) or t.epochs < 1):
+        problems.append(f"train.epochs must be null or a whole number >= 1 (got {t.epochs!r})")
+    if t.micro_batch is not None and (not isinstance(t.micro_batch, int) or t.micro_batch < 1):
+        problems.append(f"train.micro_batch must be null or a whole number >= 1 (got {t.micro_batch!r})")
+    if t.lock_image and t.lock_text:
+        problems.append("train.lock_image and train.lock_text are both set: nothing would train")
+    if problems:
+        raise ConfigError("; ".join(problems) + "; fix the config file or the --set values")

@@ -1,13 +1,32 @@
-"""Training metrics as JSONL, and a rich progress bar (main process, interactive only)."""
+"""Training metrics as JSONL, a rich progress bar (main process, interactive only), and the
+default periodic evaluation: zero-shot top-1 on held-out images."""
 
 from __future__ import annotations
 
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
-__all__ = ["MetricsLog", "Progress"]
+if TYPE_CHECKING:
+    import torch
+
+    from ..models.clip import CLIP
+
+__all__ = ["MetricsLog", "Progress", "read_jsonl", "zeroshot_eval_fn"]
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Rows of a JSONL file; a torn last line (the process was killed mid-append) is dropped."""
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
 
 
 class MetricsLog:
@@ -18,8 +37,7 @@ class MetricsLog:
         self.path, self.enabled = path, enabled
         self.rows: list[dict[str, Any]] = []
         if enabled and path.is_file():
-            kept = [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
-            self.rows = [r for r in kept if r.get("step", 0) <= resume_step]
+            self.rows = [r for r in read_jsonl(path) if r.get("step", 0) <= resume_step]
             from ..checkpoint.io import atomic_path
 
             with atomic_path(path) as tmp:
@@ -70,3 +88,57 @@ class Progress:
         if "zeroshot_top1" in row:
             info += f"  zero-shot {row['zeroshot_top1']:.1%}"
         self._bar.update(self._task, completed=row["step"], info=info)
+
+
+def _val_items(spec: str) -> list:
+    from ..data import load_items
+    from ..datasets import read_manifest
+
+    manifest = read_manifest(spec) if Path(spec).is_dir() else None
+    if manifest is not None:  # a built data set: its concept-level held-out split
+        shards = manifest.shard_paths("heldout")
+        if not shards:
+            from ..errors import DataError
+
+            raise DataError(f"{spec} has no held-out split; set data.val to a data set that has one, or to null")
+        return load_items("::".join(shards))
+    return load_items(spec)
+
+
+def zeroshot_eval_fn(spec: str, preprocess: Callable, templates: str = "simple",
+                     max_images: int = 2000) -> Callable[["CLIP", int], dict[str, float]]:  # fmt: skip
+    """The default ``eval_fn(model, step)``: zero-shot top-1 over the class names of ``spec``
+    (each sample's concept, else its first caption). Images are decoded once, here."""
+    import torch
+
+    from ..eval.templates import load_templates
+
+    items = _val_items(spec)[:max_images]
+    prompts = load_templates(templates)
+    classes = [it.concept or it.captions[0] for it in items]
+    classnames = sorted(set(classes))
+    labels = torch.tensor([classnames.index(c) for c in classes])  # (n,)
+    images = torch.stack([preprocess(it.open_image().convert("RGB")) for it in items])  # (n, 3, H, W)
+
+    def evaluate(model: "CLIP", step: int) -> dict[str, float]:
+        return {"zeroshot_top1": zeroshot_top1(model, images, labels, classnames, prompts)}
+
+    return evaluate
+
+
+def zeroshot_top1(model: "CLIP", images: "torch.Tensor", labels: "torch.Tensor", classnames: list[str],
+                  templates: list[str], batch_size: int = 256) -> float:  # fmt: skip
+    import torch
+    import torch.nn.functional as F
+
+    from ..eval.zeroshot import zero_shot_classifier
+
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        classifier = zero_shot_classifier(model, classnames, templates)  # (dim, classes)
+        correct = 0
+        for start in range(0, len(images), batch_size):
+            feats = model.encode_image(images[start : start + batch_size].to(device)).float()  # (b, dim)
+            logits = F.normalize(feats, dim=-1) @ classifier  # (b, classes)
+            correct += int((logits.argmax(dim=1).cpu() == labels[start : start + batch_size]).sum())
+    return correct / max(1, len(images))

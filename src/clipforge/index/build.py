@@ -1,0 +1,113 @@
+"""The operations behind ``clipforge index build|add|delete|info``.
+
+Each batch of images is committed to SQLite as soon as it is embedded, so an interrupted ``add``
+keeps every batch before the interruption, and running the same ``add`` again resumes: files
+already stored (same SHA-256) are recognised before they are decoded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from .embed import embed_image_files, list_image_files, load_embedder
+from .search import check_model
+from .store import AddResult, IndexStore
+
+__all__ = ["BuildReport", "build_index", "add_images", "delete_items", "index_info", "format_report"]
+
+Progress = Callable[[int, int], None]  # (files done, files in all)
+
+
+@dataclass
+class BuildReport:
+    index: str
+    added: int = 0
+    duplicates: int = 0
+    near_duplicates: int = 0
+    unreadable: dict[str, str] = field(default_factory=dict)  # path -> why
+    seconds: float = 0.0
+    kind: str = "flat"
+    total: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def build_index(
+    source: str | Path, model: str, out: str | Path, *, kind: str = "auto", batch_size: int = 64, workers: int = 2,
+    near_duplicate: float | None = None, tags: Sequence[str] = (), progress: Progress | None = None,
+) -> BuildReport:  # fmt: skip
+    """Create an index at ``out`` with ``model`` and add every image under ``source``."""
+    embedder = load_embedder(model)
+    list_image_files(source)  # fail on an empty source before creating anything
+    store = IndexStore.create(out, model_ref=embedder.model_ref, model_config=embedder.model.config.to_dict(), kind=kind)
+    with store:
+        return _add(store, embedder, source, batch_size, workers, near_duplicate, tags, progress)
+
+
+def add_images(
+    index: str | Path, source: str | Path, *, batch_size: int = 64, workers: int = 2,
+    near_duplicate: float | None = None, tags: Sequence[str] = (), progress: Progress | None = None,
+) -> BuildReport:  # fmt: skip
+    """Add the images under ``source`` to an existing index, with the index's own model."""
+    with IndexStore.open(index) as store:
+        embedder = load_embedder(store.model_ref)
+        check_model(store, embedder)
+        return _add(store, embedder, source, batch_size, workers, near_duplicate, tags, progress)
+
+
+def _add(store, embedder, source, batch_size, workers, near_duplicate, tags, progress) -> BuildReport:
+    start = time.perf_counter()
+    paths, root = list_image_files(source)
+    known = frozenset(r[0] for r in store.conn.execute("SELECT sha256 FROM items"))
+    report, done, result = BuildReport(str(store.root)), 0, AddResult()
+    batches = embed_image_files(
+        embedder.model, embedder.preprocess, paths, root, batch_size=batch_size, workers=workers, known_hashes=known
+    )
+    for batch in batches:
+        records = [dataclasses.replace(r, tags=tuple(tags)) for r in batch.records]
+        result.merge(store.add(records, batch.vectors, near_duplicate=near_duplicate))  # committed here
+        for path, why in batch.skipped.items():
+            if why.startswith("duplicate"):
+                report.duplicates += 1
+            else:
+                report.unreadable[path] = why
+        done += len(batch.records) + len(batch.skipped)
+        if progress:
+            progress(done, len(paths))
+    store.optimize()
+    store.flush()
+    report.added, report.near_duplicates = len(result.ids), len(result.near_duplicates)
+    report.duplicates += len(result.duplicates)
+    report.seconds, report.kind, report.total = time.perf_counter() - start, store.ann.kind, store.count()
+    return report
+
+
+def format_report(report: BuildReport, show: int = 10) -> str:
+    """A few lines for people: counts, then the first unreadable files and why."""
+    lines = [
+        f"{report.index}: added {report.added}, skipped {report.duplicates} duplicate(s), "
+        f"{report.near_duplicates} near duplicate(s), {len(report.unreadable)} unreadable; "
+        f"{report.total} items, {report.kind} index, {report.seconds:.1f} s"
+    ]
+    for path, why in list(report.unreadable.items())[:show]:
+        lines.append(f"  unreadable: {path}: {why}")
+    if len(report.unreadable) > show:
+        lines.append(f"  ... and {len(report.unreadable) - show} more")
+    return "\n".join(lines)
+
+
+def delete_items(index: str | Path, ids: Sequence[int]) -> list[int]:
+    """Delete items by id -> the ids that existed (unknown ids are ignored and not returned)."""
+    with IndexStore.open(index) as store:
+        return store.delete(list(ids))
+
+
+def index_info(index: str | Path) -> dict[str, Any]:
+    """Counts, model and index parameters, read without taking the write lock."""
+    with IndexStore.open(index, writable=False) as store:
+        return store.summary()

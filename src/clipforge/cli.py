@@ -160,6 +160,95 @@ def eval_shift(model: str = _MODEL, data: str = _DATA, out: Path = _OUT, templat
     _eval("shift", model, data, out, templates, "train")
 
 
+# --- search ---
+index_app = typer.Typer(help="Build and update a semantic image search index (FAISS + SQLite).", no_args_is_help=True)
+app.add_typer(index_app, name="index")
+_BATCH = typer.Option(64, "--batch-size", help="Images per model batch (and per committed transaction).")
+_WORKERS = typer.Option(2, "--workers", help="Image decoding processes.")
+_NEAR_DUP = typer.Option(None, "--near-duplicate", help="Skip images at least this similar (cosine, e.g. 0.97) to one already kept.")
+_TAGS = typer.Option([], "--tag", help="User tag stored with every added image (repeatable).")
+
+
+@index_app.command("build")
+def index_build(
+    source: Path = typer.Argument(..., help="A folder of images (recursive; caption from IMAGE.txt beside each) or one image."),
+    model: str = typer.Option(..., "--model", "-m", help="Checkpoint file or published name (e.g. ViT-B/32)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Index folder to create."),
+    kind: str = typer.Option("auto", "--kind", help="auto (exact below 50k images, IVF above), flat or ivf."),
+    batch_size: int = _BATCH, workers: int = _WORKERS, near_duplicate: Optional[float] = _NEAR_DUP, tag: list[str] = _TAGS,
+) -> None:
+    """Embed every image under SOURCE into a new index."""
+    from .index.build import build_index, format_report
+
+    report = build_index(source, model, out, kind=kind, batch_size=batch_size, workers=workers,
+                         near_duplicate=near_duplicate, tags=tag, progress=_progress)  # fmt: skip
+    typer.echo(format_report(report))
+
+
+@index_app.command("add")
+def index_add(
+    index: Path = typer.Argument(..., help="Index folder."),
+    source: Path = typer.Argument(..., help="A folder of images or one image."),
+    batch_size: int = _BATCH, workers: int = _WORKERS, near_duplicate: Optional[float] = _NEAR_DUP, tag: list[str] = _TAGS,
+) -> None:
+    """Add images (exact duplicates skipped by SHA-256); an interrupted add resumes when re-run."""
+    from .index.build import add_images, format_report
+
+    report = add_images(index, source, batch_size=batch_size, workers=workers, near_duplicate=near_duplicate,
+                        tags=tag, progress=_progress)  # fmt: skip
+    typer.echo(format_report(report))
+
+
+@index_app.command("delete")
+def index_delete(
+    index: Path = typer.Argument(..., help="Index folder."),
+    ids: list[int] = typer.Argument(..., help="Item ids to delete."),
+) -> None:
+    """Delete items by id (files you indexed from your folders are left alone)."""
+    from .index.build import delete_items
+
+    deleted = delete_items(index, ids)
+    missing = sorted(set(ids) - set(deleted))
+    typer.echo(f"deleted {len(deleted)} item(s)" + (f"; no such ids: {missing}" if missing else ""))
+
+
+@index_app.command("info")
+def index_info_cmd(
+    index: Path = typer.Argument(..., help="Index folder."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Items, model and index parameters."""
+    import json
+
+    from .index.build import index_info
+
+    info = index_info(index)
+    typer.echo(json.dumps(info, indent=2) if as_json else "\n".join(f"{k:24s} {v}" for k, v in info.items()))
+
+
+def _progress(done: int, total: int) -> None:
+    typer.echo(f"\r{done}/{total} files", nl=False, err=True)
+    if done >= total:
+        typer.echo("", err=True)
+
+
+@app.command("serve")
+def serve_cmd(
+    index: Path = typer.Argument(..., help="Index folder."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind (default: this machine only)."),
+    port: int = typer.Option(8000, "--port"),
+    token: Optional[str] = typer.Option(None, "--token", envvar="CLIPFORGE_API_TOKEN", help="API token required to add/delete."),
+    concepts: Optional[Path] = typer.Option(None, "--concepts", help="Moderation concept file (default: the shipped one)."),
+    max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", help="Largest request body accepted."),
+    cors: list[str] = typer.Option([], "--cors", help="Origin allowed to query cross-site, e.g. a clip-retrieval front-end (repeatable)."),
+) -> None:
+    """Serve the search page, JSON API and clip-retrieval's knn-service over INDEX."""
+    from .serve.app import serve
+
+    serve(index, host=host, port=port, token=token, concepts=concepts, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+          cors_origins=tuple(cors))  # fmt: skip
+
+
 @app.callback()
 def _root() -> None:
     """Train, convert, evaluate and serve CLIP models."""

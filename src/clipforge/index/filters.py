@@ -38,6 +38,8 @@ class Condition:
         for v in values:
             if isinstance(v, bool) or not isinstance(v, FIELDS[self.field]):
                 raise DataError(f"filter on {self.field!r} needs {_type_name(FIELDS[self.field])} values, got {v!r}")
+            if isinstance(v, int) and not -(2**63) <= v < 2**63:  # SQLite integers are 64-bit
+                raise DataError(f"filter value {v} is out of range for {self.field!r}")
 
     def sql(self) -> tuple[str, list[Any]]:
         col = self.field  # checked against FIELDS: safe to interpolate

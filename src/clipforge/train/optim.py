@@ -12,10 +12,13 @@ import math
 import torch
 from torch import nn
 
+from ..errors import TrainingError
+
 __all__ = ["param_groups", "make_optimizer", "lr_at", "NORM_TYPES"]
 
 NORM_TYPES = (nn.LayerNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm)
 _WEIGHT_TYPES = (nn.Linear, nn.Conv2d)
+_FUSED_DEVICES = ("cpu", "cuda")  # where torch has a fused AdamW kernel
 
 
 def _no_decay(module: nn.Module, name: str) -> bool:
@@ -37,8 +40,14 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 def make_optimizer(model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float],
                    eps: float) -> torch.optim.AdamW:  # fmt: skip
-    # foreach: one fused kernel per group instead of a Python loop over tensors.
-    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas, eps=eps, foreach=True)
+    groups = [g for g in param_groups(model, weight_decay) if g["params"]]
+    if not groups:
+        raise TrainingError("no parameter requires a gradient: unlock a tower (train.lock_image/lock_text) or the run trains nothing")
+    # fused: one kernel reads and writes each element once, where foreach makes a pass per
+    # operation. On a 2-core CPU the AdamW step of tiny-vit (3.4M parameters, mostly the token
+    # embedding) takes 1.3-1.5 ms fused vs 8.5-12 ms foreach vs 35 ms for-loop (best of 20).
+    fused = all(p.device.type in _FUSED_DEVICES for g in groups for p in g["params"])
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused or None, foreach=None if fused else True)
 
 
 def lr_at(step: int, base_lr: float, warmup: int, total: int) -> float:

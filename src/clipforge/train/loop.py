@@ -39,6 +39,7 @@ __all__ = ["train", "RunResult", "TrainingInterrupted", "build_model", "read_met
 # under no_grad. A one-argument ``eval_fn(model)`` is accepted too.
 EvalFn = Callable[..., dict[str, float]]
 _SPEED_PROBE_STEPS = 5  # steps timed before a wall-clock budget fixes the step count
+_REESTIMATE_EVERY = 25  # steps between re-estimates of the count a wall-clock budget allows
 # Changing these between a checkpoint and its resume would silently change the run.
 _RESUME_KEYS = (("model",), ("model_overrides",), ("data", "train"), ("train", "batch_size"), ("train", "seed"),
                 ("train", "loss"), ("train", "init_from"))  # fmt: skip
@@ -316,15 +317,23 @@ class _Clock:
         return elapsed
 
     def update(self, step: int, total: int, progress: Progress) -> int:
+        """The step count that fits the budget: estimated after a warm-up, re-estimated every
+        ``_REESTIMATE_EVERY`` steps from the average pace since (evaluations and checkpoints
+        included, and other load on the machine), and cut at the step the budget runs out."""
         if not self.max_minutes:
             return total
+        now = time.perf_counter()
+        budget, elapsed = self.max_minutes * 60, now - self.started
         if step == _SPEED_PROBE_STEPS:
-            self.probe_start = time.perf_counter()
-        if step == 2 * _SPEED_PROBE_STEPS and self.probe_start is not None:
-            per_step = (time.perf_counter() - self.probe_start) / _SPEED_PROBE_STEPS
-            remaining = self.max_minutes * 60 - (time.perf_counter() - self.started)
-            total = max(step + 1, min(self.cap, step + int(remaining / per_step)))
-            progress.set_total(total)
+            self.probe_start = now
+        if elapsed >= budget:
+            total = step
+        elif self.probe_start is not None and (step == 2 * _SPEED_PROBE_STEPS or step % _REESTIMATE_EVERY == 0):
+            per_step = (now - self.probe_start) / max(1, step - _SPEED_PROBE_STEPS)
+            total = max(step + 1, min(self.cap, step + int((budget - elapsed) / per_step)))
+        else:
+            return total
+        progress.set_total(total)
         return total
 
 

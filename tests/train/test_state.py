@@ -65,5 +65,7 @@ def test_resume_refuses_a_different_run(tmp_path: Path) -> None:
         train(_config(tmp_path, **{"train.batch_size": 8, "train.steps": 8}))
     with pytest.raises(TrainingError, match="does not exist"):
         train(_config(tmp_path, **{"train.resume": str(tmp_path / "nope.pt")}))
-    fresh = train(_config(tmp_path, **{"train.batch_size": 8, "train.steps": 2, "train.resume": "never"}))
+    with pytest.raises(TrainingError, match="already holds checkpoints"):  # never mixes two runs in one dir
+        train(_config(tmp_path, **{"train.batch_size": 8, "train.steps": 2, "train.resume": "never"}))
+    fresh = train(_config(tmp_path / "new", **{"train.batch_size": 8, "train.steps": 2, "train.resume": "never"}))
     assert fresh.state.step == 2

@@ -30,7 +30,7 @@ from ..transforms import image_transform
 from .config import RunConfig, check_run_config
 from .metrics import MetricsLog, Progress, read_jsonl, zeroshot_eval_fn
 from .optim import lr_at, make_optimizer
-from .state import TrainState, latest_state, remove_partial_writes, restore, save_state
+from .state import TrainState, checkpoint_paths, latest_state, remove_partial_writes, restore, save_state
 from .step import SkipGuard, StepResult, train_step
 
 __all__ = ["train", "RunResult", "TrainingInterrupted", "build_model", "read_metrics", "EvalFn"]
@@ -168,6 +168,10 @@ def _resume(config: RunConfig, run_dir: Path, model, optimizer, scaler, dist: Di
     mode = config.train.resume
     fresh = TrainState(world_size=dist.world_size)
     if mode == "never":
+        existing = checkpoint_paths(run_dir)
+        if existing:  # its checkpoints and metrics would be mixed with (and pruned by) this run's
+            raise TrainingError(f"{run_dir} already holds checkpoints of a run (newest {existing[0].name}) and "
+                                "train.resume=never: choose a new out_dir, or delete that run's checkpoints")  # fmt: skip
         return fresh
     if dist.is_main:
         remove_partial_writes(run_dir)

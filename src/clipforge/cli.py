@@ -241,12 +241,14 @@ def serve_cmd(
     concepts: Optional[Path] = typer.Option(None, "--concepts", help="Moderation concept file (default: the shipped one)."),
     max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", help="Largest request body accepted."),
     cors: list[str] = typer.Option([], "--cors", help="Origin allowed to query cross-site, e.g. a clip-retrieval front-end (repeatable)."),
+    log_level: str = typer.Option("info", "--log-level", help="uvicorn log level: warning leaves out the access log."),
+    threads: int = typer.Option(1, "--threads", help="torch/FAISS threads per request (parallelism comes from concurrent requests)."),
 ) -> None:
     """Serve the search page, JSON API and clip-retrieval's knn-service over INDEX."""
     from .serve.app import serve
 
     serve(index, host=host, port=port, token=token, concepts=concepts, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
-          cors_origins=tuple(cors))  # fmt: skip
+          cors_origins=tuple(cors), log_level=log_level, threads=threads)  # fmt: skip
 
 
 @app.callback()

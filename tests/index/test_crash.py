@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clipforge.index import IndexStore, add_images, build_index
+from clipforge.index import IndexStore, add_images, build_index, index_info
 
 
 def committed(index: Path) -> int:
@@ -48,6 +48,7 @@ def test_sigkill_during_add_loses_nothing_committed(tmp_path: Path, tiny_checkpo
     proc.wait(timeout=30)
     proc.stderr.close()
 
+    assert index_info(index)["items"] >= before  # a reader first: it may have to recover the WAL
     with IndexStore.open(index) as store:  # takes the lock the dead process held; reconciles
         assert store.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         sql_ids = sorted(r[0] for r in store.conn.execute("SELECT id FROM items"))

@@ -63,7 +63,7 @@ def add_images(
 def _add(store, embedder, source, batch_size, workers, near_duplicate, tags, progress) -> BuildReport:
     start = time.perf_counter()
     paths, root = list_image_files(source)
-    known = frozenset(r[0] for r in store.conn.execute("SELECT sha256 FROM items"))
+    known = store.known_hashes()
     report, done, result = BuildReport(str(store.root)), 0, AddResult()
     batches = embed_image_files(
         embedder.model, embedder.preprocess, paths, root, batch_size=batch_size, workers=workers, known_hashes=known

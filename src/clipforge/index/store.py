@@ -99,9 +99,12 @@ class AddResult:
 
 
 def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
-    uri = f"file:{path}?mode=ro" if readonly else f"file:{path}"
-    conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=30)
-    if not readonly:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    if readonly:
+        # query_only rather than a read-only open: after a crash, the first reader may have to
+        # recover the WAL, which a mode=ro connection cannot do.
+        conn.execute("PRAGMA query_only=1")
+    else:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")  # a COMMIT survives power loss, not only a kill
     return conn
@@ -420,6 +423,14 @@ class IndexStore:
                 ids[row] = item_id
                 vectors[row] = np.frombuffer(blob, dtype="<f4")
             return ids, vectors
+
+    def folders(self, limit: int = 1000) -> list[str]:
+        with self._lock:
+            return [r[0] for r in self.conn.execute("SELECT DISTINCT folder FROM items ORDER BY folder LIMIT ?", (limit,))]
+
+    def known_hashes(self) -> frozenset[str]:
+        with self._lock:
+            return frozenset(r[0] for r in self.conn.execute("SELECT sha256 FROM items"))
 
     def has_sha256(self, sha256: str) -> bool:
         with self._lock:

@@ -1,0 +1,201 @@
+"""Load on the search service: 200 concurrent clients (asyncio + httpx) against a real
+`clipforge serve` process on 127.0.0.1 for a fixed time, mixed queries. Reports errors, p50/p99
+latency and queries/s, next to the same queries run in-process through the library (the peer:
+what HTTP, JSON and concurrency cost), in the same run.
+
+    python bench/serve_load.py [--clients 200] [--seconds 20] [--images 500] [--out bench/results/serve_load.json]
+
+The model is tiny-vit (random weights, seed 0): the numbers measure the service, not a model.
+Clients and server share this machine's cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import print_table, write_results  # noqa: E402
+
+COLOURS = ["red", "green", "blue", "yellow", "purple", "orange", "black", "white"]
+SHAPES = ["circle", "square", "triangle"]
+
+
+def make_images(root: Path, n: int) -> None:
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        folder = root / ("a", "b", "c")[i % 3]
+        folder.mkdir(parents=True, exist_ok=True)
+        image = Image.fromarray(rng.integers(0, 255, (48, 56, 3), dtype=np.uint8))
+        ImageDraw.Draw(image).ellipse((8, 8, 40, 36), fill=tuple(int(v) for v in rng.integers(0, 255, 3)))
+        image.save(folder / f"{i:05d}.png")
+        (folder / f"{i:05d}.txt").write_text(f"a {COLOURS[i % 8]} {SHAPES[i % 3]} number {i}")
+
+
+def request_for(i: int, n_items: int) -> tuple[str, dict]:
+    """A mix: unique texts (model runs), repeated texts (cache), item ids, filters, knn-service."""
+    r = i % 10
+    text = f"a {COLOURS[i % 8]} {SHAPES[i % 3]} number {i}"
+    if r < 4:
+        return "/api/search", {"text": text, "k": 10}
+    if r < 6:
+        return "/api/search", {"text": f"a {COLOURS[i % 8]} {SHAPES[i % 3]}", "k": 10}
+    if r < 8:
+        return "/api/search", {"image_id": 1 + i % n_items, "k": 20}
+    if r < 9:
+        return "/api/search", {"text": text, "k": 10, "filters": {"folder": "b", "where": [{"field": "id", "op": ">", "value": 50}]}}
+    return "/knn-service", {"text": text, "modality": "image", "num_images": 10, "indice_name": "idx"}
+
+
+def library_peer(index: Path, n_items: int, seconds: float) -> dict:
+    """The same request mix through the library, one after another, in this process."""
+    import faiss
+    import torch
+
+    from clipforge.index import Condition, Query, SearchFilter, open_searcher
+
+    torch.set_num_threads(1)  # as the server runs each request (serve --threads 1)
+    faiss.omp_set_num_threads(1)
+    searcher = open_searcher(index)
+    latencies, i, end = [], 0, time.perf_counter() + seconds
+    try:
+        while time.perf_counter() < end:
+            _, body = request_for(i, n_items)
+            start = time.perf_counter()
+            flt = None
+            if "filters" in body:
+                flt = SearchFilter(folder="b", where=(Condition("id", ">", 50),))
+            q = Query(text=body.get("text"), image_id=body.get("image_id"))
+            searcher.search(q, body.get("k", body.get("num_images", 10)), flt)
+            latencies.append(time.perf_counter() - start)
+            i += 1
+    finally:
+        searcher.store.close()
+    return summary("library (in-process, sequential)", latencies, 0, seconds)
+
+
+def summary(name: str, latencies: list[float], errors: int, seconds: float) -> dict:
+    ms = np.array(latencies) * 1000
+    return {
+        "setup": name, "requests": len(latencies) + errors, "errors": errors, "queries/s": len(latencies) / seconds,
+        "p50 ms": float(np.percentile(ms, 50)) if len(ms) else float("nan"),
+        "p99 ms": float(np.percentile(ms, 99)) if len(ms) else float("nan"),
+    }  # fmt: skip
+
+
+async def load(url: str, clients: int, seconds: float, n_items: int) -> tuple[dict, dict]:
+    import httpx
+
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    counter = iter(range(10**9))
+    end = time.perf_counter() + seconds
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
+
+        async def worker() -> None:
+            while time.perf_counter() < end:
+                path, body = request_for(next(counter), n_items)
+                start = time.perf_counter()
+                try:
+                    response = await client.post(path, content=json.dumps(body), headers={"content-type": "application/json"})
+                    ok = response.status_code == 200
+                    key = f"HTTP {response.status_code}"
+                except httpx.HTTPError as e:
+                    ok, key = False, type(e).__name__
+                if ok:
+                    latencies.append(time.perf_counter() - start)
+                else:
+                    errors[key] = errors.get(key, 0) + 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(clients)))
+        elapsed = time.perf_counter() - started
+    return summary(f"HTTP ({clients} clients)", latencies, sum(errors.values()), elapsed), errors
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(index: Path, port: int, log: Path) -> subprocess.Popen:
+    import httpx
+
+    proc = subprocess.Popen([sys.executable, "-m", "clipforge", "serve", str(index), "--port", str(port), "--host", "127.0.0.1",
+                             "--log-level", "warning"], stdout=open(log, "wb"), stderr=subprocess.STDOUT)  # fmt: skip
+    for _ in range(600):
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.2)
+        if proc.poll() is not None:
+            break
+    proc.kill()
+    raise SystemExit(f"server did not start: {log.read_text()[-2000:]}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clients", type=int, default=200)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--images", type=int, default=500)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+
+    import clipforge
+    from clipforge.index import build_index
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        make_images(tmp / "images", args.images)
+        model = clipforge.save(clipforge.create_model("tiny-vit", seed=0), tmp / "tiny.safetensors")
+        index = tmp / "idx"
+        build_index(tmp / "images", str(model), index, workers=0)
+        peer = library_peer(index, args.images, min(args.seconds, 10.0))
+        port = free_port()
+        proc = start_server(index, port, tmp / "server.log")
+        try:
+            server_cpu, client_cpu = cpu_seconds(proc.pid), time.process_time()
+            served, errors = asyncio.run(load(f"http://127.0.0.1:{port}", args.clients, args.seconds, args.images))
+            done = max(served["requests"], 1)
+            served["server CPU ms/req"] = 1000 * (cpu_seconds(proc.pid) - server_cpu) / done
+            served["client CPU ms/req"] = 1000 * (time.process_time() - client_cpu) / done
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
+        server_errors = [line for line in (tmp / "server.log").read_text().splitlines() if "Traceback" in line or " 500 " in line]
+    served["qps ratio vs library"] = served["queries/s"] / peer["queries/s"]
+    rows = [peer, served]
+    print_table(f"search service under load ({args.clients} clients, {args.seconds:.0f} s, {args.images} images)", rows)
+    if errors:
+        print(f"errors by kind: {errors}")
+    path = write_results("serve_load", rows, args.out, errors_by_kind=errors, server_error_lines=len(server_errors),
+                         clients=args.clients, seconds=args.seconds, images=args.images, cpu_count=os.cpu_count())  # fmt: skip
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

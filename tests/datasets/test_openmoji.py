@@ -52,3 +52,22 @@ def test_tuxpaint_builder(tmp_path: Path) -> None:
     manifest = build_dataset("tuxpaint", tmp_path / "tp", image_size=32, limit=80, holdout_fraction=0.2)
     assert manifest.counts["train"] > 20
     assert not set(manifest.concepts["train"]) & set(manifest.concepts["heldout"])
+
+
+def test_openclipart_builder_on_real_pngs(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from clipforge.datasets.clipart import build_openclipart, openclipart_title
+
+    assert openclipart_title("armadillo_architetto_fra_01") == "armadillo architetto fra"
+    with pytest.raises(DataError, match="apt-get install openclipart-png"):
+        build_openclipart(tmp_path / "none", root=tmp_path / "missing")
+    root = tmp_path / "png"
+    for topic, names in {"animals": ["cat_someone_01", "dog_someone_02", "fish_a_01"], "food": ["apple_b_01", "pear_c_01"]}.items():
+        (root / topic).mkdir(parents=True)
+        for i, name in enumerate(names):
+            Image.new("RGBA", (30 + i, 20), (200, 30 * i, 40, 255)).save(root / topic / f"{name}.png")
+    (root / "food" / "broken_x_01.png").write_bytes(b"not a png")
+    manifest = build_openclipart(tmp_path / "oc", image_size=32, holdout_fraction=0.3, root=root)
+    assert sum(manifest.counts.values()) == 5 and manifest.skipped == {"unreadable: UnidentifiedImageError": 1}
+    assert not set(manifest.concepts["train"]) & set(manifest.concepts["heldout"])

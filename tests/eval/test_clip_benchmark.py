@@ -27,6 +27,19 @@ def _data(root: Path) -> Path:
     return root
 
 
+class _Labelled(torch.utils.data.Dataset):
+    """The dataset shape CLIP_benchmark reads (it looks up ``dataset.classes``)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> None:
+        self.images, self.labels, self.classes = images, labels, classes
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return self.images[i], self.labels[i]
+
+
 def _open_clip_model(tmp_path: Path):
     import json
 
@@ -47,10 +60,10 @@ def test_zeroshot_and_retrieval_equal_clip_benchmark(tmp_path: Path) -> None:
     data = load_eval_data(str(_data(tmp_path / "colours")))
     ours, reference = _open_clip_model(tmp_path)
     preprocess = clipforge.create_preprocess(ours)
-    templates = ["a photo of a {}.", "a {} square."]
+    templates = ["a photo of a {c}.", "a {c} square."]  # CLIP_benchmark's placeholder; ours takes both
     images = torch.stack([preprocess(im()) for im in data.images])
     labels = torch.tensor(data.labels)
-    loader = torch.utils.data.DataLoader(list(zip(images, labels)), batch_size=5)
+    loader = torch.utils.data.DataLoader(_Labelled(images, labels, data.classnames), batch_size=5)
     theirs = zeroshot_classification.evaluate(reference, loader, open_clip.tokenize, data.classnames, templates,
                                               device="cpu", amp=False)  # fmt: skip
     mine = evaluate_zeroshot_data(ours, preprocess, data, templates)

@@ -23,8 +23,14 @@ def _tuxpaint(out_dir: Path, **kw) -> Manifest:
     return build_tuxpaint(out_dir, **kw)
 
 
+def _openclipart(out_dir: Path, **kw) -> Manifest:
+    from .clipart import build_openclipart
+
+    return build_openclipart(out_dir, **kw)
+
+
 # name -> builder(out_dir, image_size=, holdout_fraction=, force=, limit=)
-BUILDERS: dict[str, Callable[..., Manifest]] = {"openmoji": _openmoji, "tuxpaint": _tuxpaint}
+BUILDERS: dict[str, Callable[..., Manifest]] = {"openmoji": _openmoji, "tuxpaint": _tuxpaint, "openclipart": _openclipart}
 
 
 def build_dataset(name: str, out_dir: str | Path, **kwargs) -> Manifest:

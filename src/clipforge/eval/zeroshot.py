@@ -38,11 +38,11 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, n_classes
     confusion = torch.zeros(n_classes, n_classes, dtype=torch.long)
     confusion.index_put_((labels, predicted), torch.ones_like(labels), accumulate=True)
     support = confusion.sum(dim=1)
-    per_class = confusion.diag().float() / support.clamp(min=1)
+    per_class = confusion.diag().double() / support.clamp(min=1)
     present = support > 0
     return {
-        "acc1": correct[:, 0].float().mean().item(),
-        "acc5": correct.any(dim=1).float().mean().item(),
+        "acc1": correct[:, 0].double().mean().item(),
+        "acc5": correct.any(dim=1).double().mean().item(),
         "mean_per_class_recall": per_class[present].mean().item(),
         "per_class_accuracy": per_class.tolist(),
         "confusion_matrix": confusion.tolist(),

@@ -115,3 +115,19 @@ def test_style_shift_renders_the_same_concepts_in_every_style(tmp_path: Path) ->
     model = clipforge.create_model("tiny-vit", seed=0)
     rows = shift_eval(model, clipforge.create_preprocess(model), styled, concepts, load_templates("emoji"))
     assert [r["style"] for r in rows][0] == "openmoji (training style)" and rows[0]["drop_acc1"] == 0.0
+
+
+def test_webdataset_shards_as_evaluation_data(tmp_path: Path) -> None:
+    import io
+
+    import webdataset as wds
+
+    with wds.TarWriter(str(tmp_path / "eval-000.tar")) as sink:
+        for i, (concept, colour) in enumerate([("red square", "red"), ("blue square", "blue"), ("red square", "red")]):
+            buffer = io.BytesIO()
+            Image.new("RGB", (32, 32), colour).save(buffer, format="PNG")
+            meta = {"captions": [f"a {concept}"], "concept": concept}
+            sink.write({"__key__": f"k{i}", "png": buffer.getvalue(), "json": json.dumps(meta).encode()})
+    data = load_eval_data(str(tmp_path / "eval-{000..000}.tar"))
+    assert data.classnames == ["blue square", "red square"] and data.labels == [1, 0, 1]
+    assert data.captions[1] == ["a blue square"] and data.images[0]().size == (32, 32)

@@ -104,11 +104,28 @@ def _cifar10(root: Path) -> EvalData:
     return EvalData("cifar10", [lambda im=im: im for im, _ in ds], labels=[int(y) for _, y in ds], classnames=list(ds.classes))
 
 
+def _shards(pattern: str) -> EvalData:
+    """WebDataset shards (``png``/``jpg`` + ``json`` with ``captions`` and ``concept``)."""
+    from ..data.sources import load_items
+
+    items = load_items(pattern)
+    data = EvalData(Path(pattern.split("::")[0]).stem, [it.open_image for it in items], keys=[it.key for it in items],
+                    captions=[list(it.captions) for it in items])  # fmt: skip
+    if all(it.concept for it in items):
+        data.classnames = sorted({it.concept for it in items})  # type: ignore[misc]
+        index = {c: i for i, c in enumerate(data.classnames)}
+        data.labels = [index[it.concept] for it in items]  # type: ignore[index]
+    return data
+
+
 def load_eval_data(spec: str, split: str = "heldout") -> EvalData:
-    """A class-folder tree, a built data set directory (``split``), a CSV/TSV/JSONL file, or
-    ``cifar10:ROOT`` for torchvision's CIFAR-10 files already on disk."""
+    """A class-folder tree, a built data set directory (``split``), WebDataset shards
+    (``shard-{000..009}.tar``), a CSV/TSV/JSONL file, or ``cifar10:ROOT`` for torchvision's
+    CIFAR-10 files already on disk."""
     if spec.startswith("cifar10:"):
         return _cifar10(Path(spec.split(":", 1)[1]))
+    if ".tar" in spec:
+        return _shards(spec)
     path = Path(spec)
     if not path.exists():
         raise DataError(f"evaluation data {path} does not exist")

@@ -154,3 +154,20 @@ def test_upload_limits(client, tmp_path: Path) -> None:
     assert len(bomb.getvalue()) < 2 * 1024 * 1024
     response = client.post("/api/search/upload", files={"file": ("bomb.png", bomb.getvalue())})
     assert response.status_code == 422 and "pixels" in response.json()["detail"]
+
+
+def test_cors_is_opt_in_and_never_opens_writes(index_copy: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from clipforge.serve import create_app
+
+    front = "http://front.example"
+    with TestClient(create_app(index_copy, cors_origins=(front,))) as c:
+        preflight = c.options("/knn-service", headers={"Origin": front, "Access-Control-Request-Method": "POST"})
+        assert preflight.headers["access-control-allow-origin"] == front
+        knn = c.post("/knn-service", content=json.dumps({"text": "x", "num_images": 1}), headers={"Origin": front})
+        assert knn.status_code == 200 and knn.headers["access-control-allow-origin"] == front
+        add = c.post("/api/items", files={"file": ("a.png", b"x")}, headers={"Origin": front})
+        assert add.status_code == 403  # no token configured, but another origin still cannot write
+        other = c.post("/knn-service", content=json.dumps({"text": "x", "num_images": 1}), headers={"Origin": "http://other.example"})
+        assert "access-control-allow-origin" not in other.headers

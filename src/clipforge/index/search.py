@@ -111,6 +111,9 @@ class Searcher:
         self, vector: np.ndarray, k: int, flt: SearchFilter | None = None, hide_flagged: bool | list[str] = False
     ) -> list[Result]:
         only = hide_flagged if isinstance(hide_flagged, list) else None
+        unknown = sorted(set(only or ()) - set(self.moderator.names))
+        if unknown:
+            raise DataError(f"unknown moderation concepts {unknown}; this service has {self.moderator.names}")
         fetch = k
         while True:
             hits = self.store.search(vector, fetch, flt)

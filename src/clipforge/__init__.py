@@ -38,6 +38,11 @@ _EXPORTS: dict[str, str] = {
     "train": "clipforge.train:train",
     "RunConfig": "clipforge.train:RunConfig",
     "build_dataset": "clipforge.datasets:build_dataset",
+    "build_index": "clipforge.index:build_index",
+    "open_searcher": "clipforge.index:open_searcher",
+    "create_app": "clipforge.serve:create_app",
+    "ClipLoss": "clipforge.losses:ClipLoss",
+    "SigLipLoss": "clipforge.losses:SigLipLoss",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

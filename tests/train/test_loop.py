@@ -92,3 +92,20 @@ def test_ctrl_c_saves_at_a_step_boundary_and_resumes_exactly(tmp_path: Path) -> 
     assert [r["step"] for r in resumed.history] == list(range(1, 7))
     a, b = load_file(reference.final_weights), load_file(resumed.final_weights)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_micro_batches_give_the_same_run(tmp_path: Path) -> None:
+    # The loop hands train.micro_batch to the gradient-cache step: same weights, a quarter of the activations.
+    full = train(_config(tmp_path / "full", **{"train.steps": 3}))
+    micro = train(_config(tmp_path / "micro", **{"train.steps": 3, "train.micro_batch": 4}))
+    a, b = load_file(full.final_weights), load_file(micro.final_weights)
+    worst = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert worst <= 1e-5, worst
+    assert [r["loss"] for r in full.history] == pytest.approx([r["loss"] for r in micro.history], abs=1e-5)
+
+
+def test_bf16_run_trains(tmp_path: Path) -> None:
+    result = train(_config(tmp_path, **{"train.precision": "bf16", "train.steps": 8, "train.lr": 0.005}))
+    losses = [r["loss"] for r in result.history]
+    assert all(torch.isfinite(torch.tensor(losses))) and not any(r["skipped"] for r in result.history)
+    assert min(losses[-3:]) < losses[0]

@@ -1,97 +1,151 @@
-"""Data sources and loaders on real files: CSV, JSONL, folder, WebDataset, bad images."""
+"""Every source on real files: CSV/TSV, JSONL, a folder with sidecars, WebDataset shards
+(brace patterns, a damaged shard), a built data set folder, synthetic; and the clear errors."""
 
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 
 import pytest
-import torch
-from PIL import Image
 
-from clipforge.data import epoch_batches, load_items, make_loader
+from clipforge.data import DataWarning, load_items, open_source
 from clipforge.errors import DataError
-from clipforge.tokenizer import tokenize
-from clipforge.transforms import image_transform
 
 
-def _images(root: Path, n: int) -> list[str]:
-    names = []
-    for i in range(n):
-        name = f"img{i}.png"
-        Image.new("RGB", (40, 30), (i * 20 % 255, 100, 200)).save(root / name)
-        names.append(name)
-    return names
-
-
-def _loader(items, batch_size=4, **kw):
-    return make_loader(items, image_transform(32), tokenize, batch_size, **kw)
-
-
-def test_csv_with_bad_images_skips_and_counts(tmp_path: Path) -> None:
-    names = _images(tmp_path, 6)
-    (tmp_path / "zero.png").write_bytes(b"")
-    good = (tmp_path / "img0.png").read_bytes()
-    (tmp_path / "truncated.png").write_bytes(good[: len(good) // 2])
-    rows = [f"{n},a picture number {i}" for i, n in enumerate(names)]
-    rows += ["zero.png,empty file", "truncated.png,cut short", "missing.png,not there", "img1.png,"]
-    (tmp_path / "data.csv").write_text("image,caption\n" + "\n".join(rows) + "\n")
-    items = load_items(tmp_path / "data.csv")
-    assert len(items) == 9  # img1 listed twice is one image
-    batches = list(_loader(items, batch_size=3, seed=1))
-    assert len(batches) == 3 and all(b.images.shape == (3, 3, 32, 32) for b in batches)
-    skipped = [k for b in batches for k in b.skipped]
-    assert {s.split(" ")[0] for s in skipped} == {"zero.png", "truncated.png", "missing.png"}
-
-
-def test_jsonl_folder_and_webdataset_sources(tmp_path: Path) -> None:
+def _shard(path: Path, samples: list[dict]) -> None:
     import webdataset as wds
 
-    names = _images(tmp_path, 4)
-    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps({"image": n, "captions": [f"c{i}", f"d{i}"]}) for i, n in enumerate(names)))
-    assert [len(it.captions) for it in load_items(tmp_path / "d.jsonl")] == [2, 2, 2, 2]
-    folder = tmp_path / "folder"
-    folder.mkdir()
-    _images(folder, 3)
-    (folder / "img0.txt").write_text("first caption\nsecond caption\n")
-    items = load_items(folder)
-    assert len(items) == 3 and items[0].captions == ("first caption", "second caption")
-    with wds.TarWriter(str(tmp_path / "shard-000.tar")) as sink:
-        for i, n in enumerate(names):
-            sink.write({"__key__": f"k{i}", "png": (tmp_path / n).read_bytes(), "json": json.dumps({"captions": [f"t{i}"], "concept": f"c{i}"}).encode()})
-    items = load_items(str(tmp_path / "shard-{000..000}.tar"))
-    assert [it.concept for it in items] == ["c0", "c1", "c2", "c3"]
-    assert next(_loader(items, batch_size=2)).tokens.shape == (2, 77)
+    with wds.TarWriter(str(path)) as sink:
+        for sample in samples:
+            sink.write(sample)
 
 
-def test_order_is_deterministic_disjoint_across_ranks_and_resumable() -> None:
-    items = load_items("synthetic:40")
-    a = epoch_batches(40, 4, seed=3, epoch=1, rank=0, world_size=2)
-    b = epoch_batches(40, 4, seed=3, epoch=1, rank=1, world_size=2)
-    assert a == epoch_batches(40, 4, seed=3, epoch=1, rank=0, world_size=2)
-    assert not set(sum(a, [])) & set(sum(b, []))
-    assert a != epoch_batches(40, 4, seed=3, epoch=2, rank=0, world_size=2)
-    full = list(_loader(items, seed=3, epoch=1))
-    resumed = list(_loader(items, seed=3, epoch=1, start_batch=4))
-    assert len(resumed) == len(full) - 4
-    for x, y in zip(full[4:], resumed):
-        assert torch.equal(x.images, y.images) and torch.equal(x.tokens, y.tokens)
+def _sample(key: str, png: bytes, captions: list[str], concept: str | None = None) -> dict:
+    meta = {"captions": captions, **({"concept": concept} if concept else {})}
+    return {"__key__": key, "png": png, "json": json.dumps(meta).encode()}
 
 
-def test_concepts_are_spread_across_batches() -> None:
-    concepts = [f"c{i % 10}" for i in range(100)]  # ten copies of ten concepts
-    for batch in epoch_batches(100, 10, seed=0, epoch=0, concepts=concepts):
-        assert len({concepts[i] for i in batch}) == 10
+def test_csv_pools_repeated_rows_and_pipe_separated_captions(tmp_path: Path, pngs) -> None:
+    names = pngs(tmp_path, 3)
+    rows = [f"{names[0]},a red thing|a thing", f"{names[0]},another caption", f"{names[1]},one", f"{names[2]},", ",orphan"]
+    (tmp_path / "d.csv").write_text("image,caption\n" + "\n".join(rows) + "\n")
+    source = open_source(tmp_path / "d.csv")
+    assert [it.captions for it in source.items] == [("a red thing", "a thing", "another caption"), ("one",), ()]
+    assert source.skipped == {"row without an image path": 1}
+    assert source.items[0].open_image().size == (40, 30)
+
+
+def test_tsv_with_custom_columns_and_quotes(tmp_path: Path, pngs) -> None:
+    names = pngs(tmp_path / "imgs", 2)
+    (tmp_path / "d.tsv").write_text('url\ttext\textra\n' + "".join(f'imgs/{n}\t"quoted" caption {i}\tx\n' for i, n in enumerate(names)))
+    items = load_items(tmp_path / "d.tsv", image_key="url", caption_key="text")
+    assert [it.captions for it in items] == [('"quoted" caption 0',), ('"quoted" caption 1',)]
+    assert items[1].open_image().size == (40, 30)
+
+
+def test_jsonl_caption_and_captions(tmp_path: Path, pngs) -> None:
+    names = pngs(tmp_path, 3)
+    lines = [{"image": names[0], "captions": ["c0", "d0"]}, {"image": names[1], "caption": "c1|d1"},
+             {"image": names[2], "caption": "c2"}, [1, 2]]  # fmt: skip
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n\n")
+    source = open_source(tmp_path / "d.jsonl")
+    assert [it.captions for it in source.items] == [("c0", "d0"), ("c1", "d1"), ("c2",)]
+    assert source.skipped == {"JSONL line is not an object": 1}
+    with pytest.warns(DataWarning, match="1 × JSONL line is not an object"):
+        load_items(tmp_path / "d.jsonl")
+
+
+def test_folder_with_sidecar_captions(tmp_path: Path, pngs) -> None:
+    pngs(tmp_path, 2)
+    pngs(tmp_path / "sub", 1, prefix="deep")
+    (tmp_path / "img0.txt").write_text("first caption\n\nsecond caption\n")
+    (tmp_path / "sub" / "deep0.txt").write_text("nested\n")
+    items = load_items(tmp_path)
+    assert {it.key: it.captions for it in items} == {
+        "img0.png": ("first caption", "second caption"), "img1.png": (), "sub/deep0.png": ("nested",),
+    }  # fmt: skip
+
+
+def test_webdataset_brace_patterns_and_multiple_patterns(tmp_path: Path, pngs) -> None:
+    names = pngs(tmp_path, 6)
+    for s in range(3):
+        samples = [_sample(f"k{s}{i}", (tmp_path / names[2 * s + i]).read_bytes(), [f"t{s}{i}"], f"c{s}") for i in range(2)]
+        _shard(tmp_path / f"shard-{s:03d}.tar", samples)
+    items = load_items(str(tmp_path / "shard-{000..002}.tar"))
+    assert [it.key for it in items] == ["k00", "k01", "k10", "k11", "k20", "k21"]
+    assert [it.concept for it in items][::2] == ["c0", "c1", "c2"] and items[3].captions == ("t11",)
+    joined = load_items(f"{tmp_path}/shard-000.tar::{tmp_path}/shard-{{001..002}}.tar")
+    assert [it.key for it in joined] == [it.key for it in items]
+    assert items[5].open_image().size == (40, 30)
+
+
+def test_webdataset_txt_captions_and_missing_image(tmp_path: Path, pngs) -> None:
+    png = (tmp_path / pngs(tmp_path, 1)[0]).read_bytes()
+    _shard(tmp_path / "s.tar", [{"__key__": "a", "png": png, "txt": b"one\ntwo"}, {"__key__": "b", "txt": b"no image"}])
+    source = open_source(tmp_path / "s.tar")
+    assert [it.captions for it in source.items] == [("one", "two")]
+    assert source.skipped == {"shard sample without an image (png/jpg/webp)": 1}
+
+
+def test_damaged_shard_keeps_what_precedes_the_damage_and_counts_it(tmp_path: Path, pngs) -> None:
+    names = pngs(tmp_path, 8)
+    good = [_sample(f"k{i}", (tmp_path / n).read_bytes(), [f"t{i}"]) for i, n in enumerate(names)]
+    _shard(tmp_path / "part-0.tar", good[:4])
+    _shard(tmp_path / "part-1.tar", good[4:])
+    data = (tmp_path / "part-1.tar").read_bytes()
+    (tmp_path / "part-1.tar").write_bytes(data[: len(data) // 2 + 100])  # cut in the middle of a member
+    source = open_source(str(tmp_path / "part-{0..1}.tar"))
+    assert 4 <= len(source.items) < 8  # all of part-0 and the whole samples of part-1
+    kept = len(source.items) - 4
+    assert source.skipped[f"part-1.tar: truncated (no end-of-archive marker) after {kept} samples"] == 1
+    with pytest.warns(DataWarning, match="part-1.tar: truncated"):
+        load_items(str(tmp_path / "part-{0..1}.tar"))
+    (tmp_path / "part-1.tar").write_bytes(b"this is not a tar file at all" * 40)
+    source = open_source(str(tmp_path / "part-{0..1}.tar"))
+    assert len(source.items) == 4 and any(r.startswith("part-1.tar: unreadable after 0 samples") for r in source.skipped)
+
+
+def test_webdataset_under_torchrun_environment(tmp_path: Path, pngs, monkeypatch) -> None:
+    """webdataset refuses multi-node reading by default; every rank must still read all shards."""
+    png = (tmp_path / pngs(tmp_path, 1)[0]).read_bytes()
+    _shard(tmp_path / "s.tar", [_sample("a", png, ["x"])])
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert len(load_items(tmp_path / "s.tar")) == 1
+
+
+def test_synthetic_is_deterministic_and_items_pickle(tmp_path: Path, pngs) -> None:
+    a, b = load_items("synthetic:20"), load_items("synthetic:20")
+    assert [it.captions for it in a] == [it.captions for it in b]
+    assert a[3].open_image().tobytes() == b[3].open_image().tobytes()
+    assert a[0].captions[0] in (f"a {a[0].concept}",) and a[0].concept.split()[0] in ("red", "green", "blue", "yellow")
+    # Items travel to DataLoader workers started with spawn: every opener must pickle.
+    names = pngs(tmp_path, 1)
+    (tmp_path / "d.csv").write_text(f"image,caption\n{names[0]},x\n")
+    for item in (a[0], load_items(tmp_path / "d.csv")[0]):
+        assert pickle.loads(pickle.dumps(item)).open_image().size == item.open_image().size
 
 
 def test_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="does not exist"):
         load_items(tmp_path / "none.csv")
+    with pytest.raises(DataError, match="shard .*none-001.tar does not exist"):
+        load_items(str(tmp_path / "none-{001..002}.tar"))
     (tmp_path / "e.csv").write_text("image,caption\n")
-    with pytest.raises(DataError, match="no image"):
+    with pytest.raises(DataError, match="no image–caption samples"):
         load_items(tmp_path / "e.csv")
     (tmp_path / "w.csv").write_text("path,text\na.png,x\n")
-    with pytest.raises(DataError, match="needs columns"):
+    with pytest.raises(DataError, match="needs columns 'image' and 'caption'"):
         load_items(tmp_path / "w.csv")
-    with pytest.raises(DataError, match="larger than the data set"):
-        epoch_batches(3, 4, seed=0, epoch=0)
+    (tmp_path / "bad.jsonl").write_text('{"image": "a.png"}\nnot json\n')
+    with pytest.raises(DataError, match="line 2 is not JSON"):
+        load_items(tmp_path / "bad.jsonl")
+    (tmp_path / "d.parquet").write_bytes(b"x")
+    with pytest.raises(DataError, match="unknown data format"):
+        load_items(tmp_path / "d.parquet")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no image–caption samples"):
+        load_items(tmp_path / "empty")
+    with pytest.raises(DataError, match="synthetic:N"):
+        load_items("synthetic:zero")

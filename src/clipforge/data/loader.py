@@ -1,86 +1,181 @@
-"""Batches of (images, tokens) for training: deterministic order for a given seed, epoch and
-world size; each rank its own disjoint slice; resumable at any batch; bad samples skipped and
-counted, never fatal.
+"""Batches of (images, tokens) for training.
+
+- Deterministic: the order is a permutation seeded by (seed, epoch); the caption drawn for a
+  sample and its augmentation are seeded by (seed, epoch, index), so neither depends on the
+  number of DataLoader workers or on where a run was resumed.
+- Distributed: each global batch (``batch_size * world_size``) is cut into one contiguous slice
+  per rank, so ranks see disjoint samples and the union is the single-process batch.
+- Resumable: ``start_batch=k`` starts at batch k of the epoch; earlier images are not decoded.
+- Robust: an unreadable image or a sample without captions is replaced by another sample
+  (so every batch keeps its size, which gathering across ranks needs) and reported in
+  ``Batch.skipped``; ``SkipCounter`` totals them for the training log.
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
-from dataclasses import dataclass
-from typing import Callable, Iterator
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
 
 import torch
 from PIL import Image
 
 from ..errors import DataError
-from .sources import Item
+from .items import Item
+from .sources import Source, load_items
 
-__all__ = ["CaptionedImages", "epoch_batches", "make_loader", "Batch"]
+__all__ = ["Batch", "Skipped", "SkipCounter", "CaptionedImages", "epoch_batches", "batches_per_epoch",
+           "make_loader"]  # fmt: skip
 
-_MAX_SKIP = 16  # a run of this many unreadable samples in a row is a broken data set
+# Tries per sample before the data set counts as broken. With a fraction f of bad samples the
+# chance of 64 misses in a row is f**64: about 1e-6 even at f = 0.8.
+_MAX_TRIES = 64
+
+
+class Skipped(NamedTuple):
+    key: str
+    reason: str  # "no caption" or the exception's type name
+
+    def __str__(self) -> str:
+        return f"{self.key} ({self.reason})"
 
 
 @dataclass
 class Batch:
     images: torch.Tensor  # (batch, 3, H, W)
     tokens: torch.Tensor  # (batch, context_length)
-    skipped: list[str]  # keys of unreadable samples replaced in this batch
+    skipped: list[Skipped] = field(default_factory=list)  # samples replaced in this batch
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        # images, tokens = batch
+        return iter((self.images, self.tokens))
+
+    def pin_memory(self) -> "Batch":  # called by DataLoader(pin_memory=True)
+        return Batch(self.images.pin_memory(), self.tokens.pin_memory(), self.skipped)
+
+
+class SkipCounter:
+    """Running totals of replaced samples, by reason: ``counter.update(batch)`` each step,
+    ``counter.as_dict()`` in the log."""
+
+    def __init__(self) -> None:
+        self.by_reason: Counter[str] = Counter()
+        self.examples: dict[str, str] = {}  # reason -> first key seen with it
+
+    def update(self, skipped: Batch | Iterable[Skipped]) -> None:
+        for s in skipped.skipped if isinstance(skipped, Batch) else skipped:
+            self.by_reason[s.reason] += 1
+            self.examples.setdefault(s.reason, s.key)
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_reason.values())
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(sorted(self.by_reason.items()))
+
+    def __str__(self) -> str:
+        parts = [f"{n} {reason} (e.g. {self.examples[reason]})" for reason, n in sorted(self.by_reason.items())]
+        return f"{self.total} samples skipped" + (": " + "; ".join(parts) if parts else "")
+
+
+def _mix(*numbers: int) -> int:
+    """A stable 63-bit seed from integers (Python's ``hash`` differs between builds)."""
+    digest = hashlib.blake2b(":".join(map(str, numbers)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
 
 
 class CaptionedImages(torch.utils.data.Dataset):
-    """Item i -> (image tensor, one caption) with the caption drawn from (seed, epoch, i)."""
+    """Item i -> (image tensor, one caption, skipped samples), drawn from (seed, epoch, i)."""
 
-    def __init__(self, items: list[Item], preprocess: Callable[[Image.Image], torch.Tensor], seed: int = 0) -> None:
-        self.items, self.preprocess, self.seed = items, preprocess, seed
-        self.epoch = 0
+    def __init__(self, items: Sequence[Item], preprocess: Callable[[Image.Image], torch.Tensor], seed: int = 0,
+                 epoch: int = 0) -> None:  # fmt: skip
+        self.items, self.preprocess, self.seed, self.epoch = items, preprocess, seed, epoch
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, str, list[str]]:
-        skipped: list[str] = []
-        for offset in range(_MAX_SKIP):
-            # A bad sample is replaced by the next one, so batches keep their size (needed for
-            # gathering across processes) and the order stays deterministic.
-            item = self.items[(index + offset) % len(self.items)]
-            captions = [c for c in item.captions if c.strip()]
-            if not captions:
-                skipped.append(f"{item.key} (no caption)")
-                continue
-            try:
-                # Augmentation draws from a generator seeded by (seed, epoch, index): the same
-                # sample gets the same crop after a resume, whatever the worker or process.
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, str, list[Skipped]]:
+        sample_seed = _mix(self.seed, self.epoch, index)
+        probe = random.Random(sample_seed)
+        skipped: list[Skipped] = []
+        candidate = index
+        for _ in range(_MAX_TRIES):
+            found = self._read(self.items[candidate], probe, skipped)
+            if found is not None:
+                image, caption = found
+                # Augmentation draws from torch's generator: seed it per sample so a resumed run,
+                # or one with more workers, crops this sample the same way.
                 with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(hash((self.seed, self.epoch, index)) & 0x7FFFFFFF)
-                    image = self.preprocess(item.open_image())
-            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-                skipped.append(f"{item.key} ({type(e).__name__})")
-                continue
-            caption = random.Random(hash((self.seed, self.epoch, index))).choice(captions)
-            return image, caption, skipped
-        raise DataError(f"{_MAX_SKIP} unreadable samples in a row from index {index}; check the data set")
+                    torch.manual_seed(sample_seed)
+                    return self.preprocess(image), caption, skipped
+            # A replacement drawn at random rather than the next item: bad files often sit
+            # together (a missing folder), and a random jump leaves such a run at once.
+            candidate = probe.randrange(len(self.items))
+        shown = "; ".join(map(str, skipped[:5]))
+        raise DataError(f"{_MAX_TRIES} samples in a row could not be used ({shown}; ...): most of the data set is "
+                        "unreadable or uncaptioned; check the paths and files")  # fmt: skip
+
+    @staticmethod
+    def _read(item: Item, rng: random.Random, skipped: list[Skipped]) -> tuple[Image.Image, str] | None:
+        captions = [c for c in item.captions if c.strip()]
+        if not captions:
+            skipped.append(Skipped(item.key, "no caption"))
+            return None
+        try:
+            image = item.open_image()
+        except Exception as e:  # noqa: BLE001  any undecodable file (PIL raises many types)
+            skipped.append(Skipped(item.key, type(e).__name__))
+            return None
+        return image, rng.choice(captions)
 
 
 def epoch_batches(n: int, batch_size: int, *, seed: int, epoch: int, rank: int = 0, world_size: int = 1,
-                  concepts: list[str | None] | None = None) -> list[list[int]]:  # fmt: skip
-    """This rank's batches of one epoch: a seeded permutation cut into global batches of
-    ``batch_size * world_size`` (the last partial one dropped), each split between ranks.
+                  concepts: Sequence[str | None] | None = None, drop_last: bool = True) -> list[list[int]]:  # fmt: skip
+    """This rank's batches (item indices) of one epoch.
 
-    With ``concepts``, batches are built so one concept appears at most once per global batch
-    where possible: two skin tones of one emoji in a batch would be false negatives.
+    A seeded permutation is cut into global batches of ``batch_size * world_size``, each split
+    into one slice per rank. The last partial global batch is dropped, or with
+    ``drop_last=False`` topped up from the start of the order so every rank gets the same
+    number of samples (as torch's DistributedSampler pads).
+
+    With ``concepts``, one concept appears at most once per global batch where possible: two
+    skin tones of one emoji in a batch would be false negatives for the contrastive loss.
     """
+    _check_batching(n, batch_size, rank, world_size)
     global_batch = batch_size * world_size
-    if global_batch > n:
-        raise DataError(f"the global batch size {global_batch} is larger than the data set ({n} samples)")
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    g = torch.Generator().manual_seed(_mix(seed, epoch) % 2**63)
     order = torch.randperm(n, generator=g).tolist()
     if concepts is not None:
         order = _spread_concepts(order, concepts, global_batch)
-    batches = [order[i : i + global_batch] for i in range(0, n - global_batch + 1, global_batch)]
+    batches = [order[i : i + global_batch] for i in range(0, n, global_batch)]
+    if len(batches[-1]) < global_batch:
+        if drop_last:
+            batches.pop()
+        else:
+            last = batches[-1]
+            per_rank = -(-len(last) // world_size)  # ceil
+            batches[-1] = (last + order)[: per_rank * world_size]
+            return [b[rank * batch_size : (rank + 1) * batch_size] for b in batches[:-1]] + [
+                batches[-1][rank * per_rank : (rank + 1) * per_rank]
+            ]
     return [b[rank * batch_size : (rank + 1) * batch_size] for b in batches]
 
 
-def _spread_concepts(order: list[int], concepts: list[str | None], global_batch: int) -> list[int]:
+def _check_batching(n: int, batch_size: int, rank: int, world_size: int) -> None:
+    if n == 0:
+        raise DataError("the data set is empty: there is nothing to batch")
+    if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
+        raise DataError(f"bad batching: batch_size={batch_size}, rank={rank}, world_size={world_size}")
+    if batch_size * world_size > n:
+        raise DataError(f"the global batch size {batch_size * world_size} (batch {batch_size} × {world_size} "
+                        f"process(es)) is larger than the data set ({n} samples); lower the batch size or add data")  # fmt: skip
+
+
+def _spread_concepts(order: list[int], concepts: Sequence[str | None], global_batch: int) -> list[int]:
     """Greedy: fill each batch with samples whose concept it does not hold yet; leftovers go to
     later batches. Deterministic given ``order``."""
     pending, out = list(order), []
@@ -102,30 +197,48 @@ def _spread_concepts(order: list[int], concepts: list[str | None], global_batch:
     return out
 
 
-def _collate(tokenize: Callable[[list[str]], torch.Tensor]):
-    def collate(samples: list[tuple[torch.Tensor, str, list[str]]]) -> Batch:
-        images = torch.stack([s[0] for s in samples])
-        tokens = tokenize([s[1] for s in samples])
+def batches_per_epoch(n: int, batch_size: int, world_size: int = 1, drop_last: bool = True) -> int:
+    global_batch = batch_size * world_size
+    return n // global_batch if drop_last else -(-n // global_batch)
+
+
+class _Collate:
+    """Stacks images and tokenizes captions (a class, so spawned workers can receive it)."""
+
+    def __init__(self, tokenize: Callable[[list[str]], torch.Tensor]) -> None:
+        self.tokenize = tokenize
+
+    def __call__(self, samples: list[tuple[torch.Tensor, str, list[Skipped]]]) -> Batch:
+        images = torch.stack([s[0] for s in samples])  # (batch, 3, H, W)
+        tokens = self.tokenize([s[1] for s in samples])  # (batch, context_length)
         return Batch(images, tokens, [k for s in samples for k in s[2]])
 
-    return collate
 
+def make_loader(source: Sequence[Item] | Source | str | Path, preprocess: Callable[[Image.Image], torch.Tensor],
+                tokenize: Callable[[list[str]], torch.Tensor], batch_size: int, *, seed: int = 0, epoch: int = 0,
+                rank: int = 0, world_size: int = 1, workers: int = 0, start_batch: int = 0, drop_last: bool = True,
+                spread_concepts: bool = False, pin_memory: bool = False) -> torch.utils.data.DataLoader:  # fmt: skip
+    """A DataLoader over this rank's batches of one epoch, from batch ``start_batch`` on.
 
-def make_loader(items: list[Item], preprocess: Callable[[Image.Image], torch.Tensor],
-                tokenize: Callable[[list[str]], torch.Tensor], batch_size: int, *, seed: int = 0,
-                epoch: int = 0, rank: int = 0, world_size: int = 1, workers: int = 0, start_batch: int = 0,
-                spread_concepts: bool = False) -> Iterator[Batch]:  # fmt: skip
-    """Batches of one epoch from ``start_batch`` on (earlier ones are never decoded)."""
-    dataset = CaptionedImages(items, preprocess, seed)
-    dataset.epoch = epoch
+    ``source``: items (``load_items``), an opened ``Source``, or a source string. ``preprocess``
+    maps a PIL image to (3, H, W); ``tokenize`` maps a list of captions to (B, L) token ids.
+    Iterating gives ``Batch``es (``images, tokens = batch`` works too).
+    """
+    items = _as_items(source)
     concepts = [it.concept for it in items] if spread_concepts else None
     batches = epoch_batches(len(items), batch_size, seed=seed, epoch=epoch, rank=rank, world_size=world_size,
-                            concepts=concepts)[start_batch:]  # fmt: skip
-    return iter(torch.utils.data.DataLoader(
-        dataset, batch_sampler=batches, num_workers=workers, collate_fn=_collate(tokenize),
-        persistent_workers=False,
-    ))  # fmt: skip
+                            concepts=concepts, drop_last=drop_last)  # fmt: skip
+    if not 0 <= start_batch <= len(batches):
+        raise DataError(f"start_batch {start_batch} is outside this epoch's {len(batches)} batches")
+    return torch.utils.data.DataLoader(
+        CaptionedImages(items, preprocess, seed, epoch), batch_sampler=batches[start_batch:], num_workers=workers,
+        collate_fn=_Collate(tokenize), pin_memory=pin_memory,
+    )  # fmt: skip
 
 
-def batches_per_epoch(n: int, batch_size: int, world_size: int = 1) -> int:
-    return n // (batch_size * world_size)
+def _as_items(source: Sequence[Item] | Source | str | Path) -> Sequence[Item]:
+    if isinstance(source, Source):
+        return source.items
+    if isinstance(source, (str, Path)):
+        return load_items(source)
+    return source

@@ -49,7 +49,7 @@ def test_ranks_are_disjoint_and_together_make_the_single_process_batch() -> None
     ranks = [epoch_batches(100, 4, seed=3, epoch=1, rank=r, world_size=2) for r in range(2)]
     assert len(single) == len(ranks[0]) == len(ranks[1]) == 12 == batches_per_epoch(100, 4, 2)
     assert not set(sum(ranks[0], [])) & set(sum(ranks[1], []))
-    for whole, a, b in zip(single, *ranks):
+    for whole, a, b in zip(single, *ranks, strict=True):
         assert whole == a + b
     assert single == epoch_batches(100, 8, seed=3, epoch=1)
     assert single != epoch_batches(100, 8, seed=3, epoch=2) and single != epoch_batches(100, 8, seed=4, epoch=1)
@@ -69,7 +69,7 @@ def test_loader_is_deterministic_and_workers_do_not_change_it(preprocess, tok) -
     augment = image_transform(16, train=True)  # random crops: seeded per sample, not per worker
     runs = [list(make_loader(items, augment, tok, 4, seed=5, epoch=2, workers=w)) for w in (0, 0, 2)]
     for other in runs[1:]:
-        for x, y in zip(runs[0], other):
+        for x, y in zip(runs[0], other, strict=True):
             assert torch.equal(x.images, y.images) and torch.equal(x.tokens, y.tokens)
     next_epoch = next(iter(make_loader(items, augment, tok, 4, seed=5, epoch=3)))
     assert not torch.equal(next_epoch.images, runs[0][0].images)
@@ -92,7 +92,7 @@ def test_resume_skips_batches_without_decoding_them(preprocess, tok) -> None:
     opened.clear()
     resumed = list(make_loader(items, preprocess, tok, 5, seed=7, epoch=1, start_batch=4))
     assert len(opened) == 2 * 5  # only batches 4 and 5 were decoded
-    assert [torch.equal(a.tokens, b.tokens) for a, b in zip(full[4:], resumed)] == [True, True]
+    assert [torch.equal(a.tokens, b.tokens) for a, b in zip(full[4:], resumed, strict=True)] == [True, True]
     assert list(make_loader(items, preprocess, tok, 5, seed=7, epoch=1, start_batch=6)) == []
     with pytest.raises(DataError, match="start_batch 7 is outside"):
         make_loader(items, preprocess, tok, 5, seed=7, epoch=1, start_batch=7)

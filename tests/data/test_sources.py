@@ -28,7 +28,8 @@ def _sample(key: str, png: bytes, captions: list[str], concept: str | None = Non
 
 def test_csv_pools_repeated_rows_and_pipe_separated_captions(tmp_path: Path, pngs) -> None:
     names = pngs(tmp_path, 3)
-    rows = [f"{names[0]},a red thing|a thing", f"{names[0]},another caption", f"{names[1]},one", f"{names[2]},", ",orphan"]
+    rows = [f"{names[0]},a red thing|a thing", f"{names[0]},another caption", f"{names[1]},one", f"{names[2]},",
+            ",orphan"]
     (tmp_path / "d.csv").write_text("image,caption\n" + "\n".join(rows) + "\n")
     source = open_source(tmp_path / "d.csv")
     assert [it.captions for it in source.items] == [("a red thing", "a thing", "another caption"), ("one",), ()]
@@ -38,7 +39,8 @@ def test_csv_pools_repeated_rows_and_pipe_separated_captions(tmp_path: Path, png
 
 def test_tsv_with_custom_columns_and_quotes(tmp_path: Path, pngs) -> None:
     names = pngs(tmp_path / "imgs", 2)
-    (tmp_path / "d.tsv").write_text('url\ttext\textra\n' + "".join(f'imgs/{n}\t"quoted" caption {i}\tx\n' for i, n in enumerate(names)))
+    rows = "".join(f'imgs/{n}\t"quoted" caption {i}\tx\n' for i, n in enumerate(names))
+    (tmp_path / "d.tsv").write_text("url\ttext\textra\n" + rows)
     items = load_items(tmp_path / "d.tsv", image_key="url", caption_key="text")
     assert [it.captions for it in items] == [('"quoted" caption 0',), ('"quoted" caption 1',)]
     assert items[1].open_image().size == (40, 30)
@@ -70,7 +72,8 @@ def test_folder_with_sidecar_captions(tmp_path: Path, pngs) -> None:
 def test_webdataset_brace_patterns_and_multiple_patterns(tmp_path: Path, pngs) -> None:
     names = pngs(tmp_path, 6)
     for s in range(3):
-        samples = [_sample(f"k{s}{i}", (tmp_path / names[2 * s + i]).read_bytes(), [f"t{s}{i}"], f"c{s}") for i in range(2)]
+        pngs_ = [(tmp_path / names[2 * s + i]).read_bytes() for i in range(2)]
+        samples = [_sample(f"k{s}{i}", png, [f"t{s}{i}"], f"c{s}") for i, png in enumerate(pngs_)]
         _shard(tmp_path / f"shard-{s:03d}.tar", samples)
     items = load_items(str(tmp_path / "shard-{000..002}.tar"))
     assert [it.key for it in items] == ["k00", "k01", "k10", "k11", "k20", "k21"]
@@ -103,7 +106,8 @@ def test_damaged_shard_keeps_what_precedes_the_damage_and_counts_it(tmp_path: Pa
         load_items(str(tmp_path / "part-{0..1}.tar"))
     (tmp_path / "part-1.tar").write_bytes(b"this is not a tar file at all" * 40)
     source = open_source(str(tmp_path / "part-{0..1}.tar"))
-    assert len(source.items) == 4 and any(r.startswith("part-1.tar: unreadable after 0 samples") for r in source.skipped)
+    assert len(source.items) == 4
+    assert any(r.startswith("part-1.tar: unreadable after 0 samples") for r in source.skipped)
 
 
 def test_webdataset_under_torchrun_environment(tmp_path: Path, pngs, monkeypatch) -> None:

@@ -37,7 +37,8 @@ def test_missing_packages_say_how_to_install(tmp_path: Path) -> None:
 def test_openclipart_layout_on_real_pngs(tmp_path: Path) -> None:
     """Openclipart's folder layout and file naming, on PNGs written here (transparent, odd sizes)."""
     root = tmp_path / "png"
-    for topic, names in {"animals": ["cat_someone_01", "dog_someone_02", "fish_a_01"], "food": ["apple_b_01", "pear_c_01"]}.items():
+    layout = {"animals": ["cat_someone_01", "dog_someone_02", "fish_a_01"], "food": ["apple_b_01", "pear_c_01"]}
+    for topic, names in layout.items():
         (root / topic).mkdir(parents=True)
         for i, name in enumerate(names):
             Image.new("RGBA", (30 + i, 20), (200, 30 * i, 40, 255)).save(root / topic / f"{name}.png")
@@ -56,14 +57,16 @@ def test_openclipart_layout_on_real_pngs(tmp_path: Path) -> None:
     assert meta["concept"] == "cat someone" and meta["topic"] == "animals" and meta["source"] == "openclipart"
 
 
-@pytest.mark.skipif(not TUXPAINT_DIR.is_dir(), reason="Tux Paint stamps not installed: apt-get install tuxpaint-stamps-default")
+@pytest.mark.skipif(not TUXPAINT_DIR.is_dir(),
+                    reason="Tux Paint stamps not installed: apt-get install tuxpaint-stamps-default")
 def test_tuxpaint_from_the_debian_package(tmp_path: Path) -> None:
     manifest = build_dataset("tuxpaint", tmp_path / "tp", image_size=32, limit=60, holdout_fraction=0.2)
     assert sum(manifest.counts.values()) >= 55 and manifest.licence.startswith("GPL")
     assert not set(manifest.concepts["train"]) & set(manifest.concepts["heldout"])
     import webdataset as wds
 
-    metas = [json.loads(s["json"]) for s in wds.WebDataset(manifest.shard_paths("train"), shardshuffle=False, empty_check=False)]
+    train = wds.WebDataset(manifest.shard_paths("train"), shardshuffle=False, empty_check=False)
+    metas = [json.loads(s["json"]) for s in train]
     described = [m for m in metas if m["description"]]
     assert len(described) > len(metas) * 0.8 and all(m["captions"][0] == m["description"] for m in described)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from clipforge.data import load_items
+from clipforge.data import load_items, open_source
 from clipforge.datasets import SPLITS, build_dataset, class_names, read_manifest, split_of
 from clipforge.datasets.openmoji import captions_for, emoji_name
 from clipforge.errors import DataError
@@ -81,6 +81,7 @@ def test_samples_are_white_backed_rgb_with_varied_captions(built) -> None:
 
 
 def test_training_loader_reads_each_split(built) -> None:
+    assert open_source(built.root).skipped == {}  # whole shards, nothing left out
     assert len(load_items(built.root)) == built.counts["train"]
     heldout = load_items(built.root, split="heldout")
     assert len(heldout) == built.counts["heldout"] and {it.concept for it in heldout} == set(built.concepts["heldout"])
@@ -92,7 +93,8 @@ def test_second_build_is_reused_and_force_rebuilds(built) -> None:
     stamp = (root / "manifest.json").stat().st_mtime_ns
     again = build_dataset("openmoji", root, image_size=32, limit=40, holdout_fraction=0.3, val_fraction=0.2)
     assert again.shards == built.shards and (root / "manifest.json").stat().st_mtime_ns == stamp  # reused
-    forced = build_dataset("openmoji", root, image_size=32, limit=40, holdout_fraction=0.3, val_fraction=0.2, force=True)
+    kw = {"image_size": 32, "limit": 40, "holdout_fraction": 0.3, "val_fraction": 0.2}
+    forced = build_dataset("openmoji", root, force=True, **kw)
     assert (root / "manifest.json").stat().st_mtime_ns != stamp and forced.counts == built.counts
     # a shard that went missing or was cut short makes the cached build stale
     shard = root / built.shards["train"][0]

@@ -172,7 +172,8 @@ def _check_batching(n: int, batch_size: int, rank: int, world_size: int) -> None
         raise DataError(f"bad batching: batch_size={batch_size}, rank={rank}, world_size={world_size}")
     if batch_size * world_size > n:
         raise DataError(f"the global batch size {batch_size * world_size} (batch {batch_size} × {world_size} "
-                        f"process(es)) is larger than the data set ({n} samples); lower the batch size or add data")  # fmt: skip
+                        f"process(es)) is larger than the data set ({n} samples); "
+                        "lower the batch size or add data")  # fmt: skip
 
 
 def _spread_concepts(order: list[int], concepts: Sequence[str | None], global_batch: int) -> list[int]:

@@ -20,8 +20,7 @@ from PIL import Image
 
 from ..errors import DataError
 from .manifest import Manifest
-from .openmoji import spread
-from .shards import Job, Plan, build_cached, check_params
+from .shards import Job, Plan, build_cached, check_params, spread
 
 __all__ = ["TUXPAINT_DIR", "OPENCLIPART_DIR", "build_tuxpaint", "build_openclipart", "stamp_concept",
            "description_concept", "openclipart_title", "render_clipart"]  # fmt: skip

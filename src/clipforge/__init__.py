@@ -41,6 +41,9 @@ _EXPORTS: dict[str, str] = {
     "build_index": "clipforge.index:build_index",
     "open_searcher": "clipforge.index:open_searcher",
     "create_app": "clipforge.serve:create_app",
+    "make_loader": "clipforge.data:make_loader",
+    "load_items": "clipforge.data:load_items",
+    "load_run_config": "clipforge.train:load_run_config",
     "ClipLoss": "clipforge.losses:ClipLoss",
     "SigLipLoss": "clipforge.losses:SigLipLoss",
 }

@@ -51,16 +51,22 @@ def convert_cmd(
 @app.command("embed")
 def embed_cmd(
     model: str = typer.Option(..., "--model", "-m", help="Model name or checkpoint path."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output .npy file (a .txt of row items is written beside it)."),
-    images: Optional[Path] = typer.Option(None, "--images", help="An image file or a folder of images."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder of shards (resumable), or a .npy file (one file plus a .txt of row items)."),
+    images: Optional[str] = typer.Option(None, "--images", help="An image, a folder (recursive), a text file of image paths, or WebDataset shards (data/{000..009}.tar or a folder of .tar)."),
     texts: Optional[Path] = typer.Option(None, "--texts", help="A text file, one text per line."),
-    batch_size: int = typer.Option(64, "--batch-size"),
-    workers: int = typer.Option(2, "--workers", help="Image decoding processes."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Items per model call (default: the engine's, 32 images / 256 texts)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Image decoding processes (default: min(4, CPUs))."),
+    shard_size: int = typer.Option(100_000, "--shard-size", help="Items per output shard."),
+    dtype: str = typer.Option("float32", "--dtype", help="Stored embeddings: float32 or float16."),
+    precision: str = typer.Option("fp32", "--precision", help="Engine precision: fp32 (exact), bf16, fp16 (GPU) or auto (fastest within bf16 rounding)."),
+    device: str = typer.Option("cpu", "--device", help="cpu, or cuda when a GPU is present."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace embeddings already in --out instead of resuming."),
 ) -> None:
-    """Embed images or texts into L2-normalised vectors (.npy)."""
+    """Embed images or texts into L2-normalised vectors: shards of .npy + parquet metadata, resumable."""
     from .inference.cli import run_embed
 
-    run_embed(model, out, images=images, texts=texts, batch_size=batch_size, workers=workers)
+    run_embed(model, out, images=images, texts=texts, batch_size=batch_size, workers=workers, shard_size=shard_size,
+              dtype=dtype, precision=precision, device=device, overwrite=overwrite)  # fmt: skip
 
 
 # --- training ---

@@ -1,55 +1,116 @@
-"""What ``clipforge embed`` does, as one function the CLI calls."""
+"""What ``clipforge embed`` does, as one function the CLI calls.
+
+``--out DIR`` streams into resumable shards (``stream.embed_collection``); ``--out FILE.npy``
+keeps the older single-file output (one .npy plus a .txt of row items) for small collections.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import ClipforgeError, DataError
+from ..errors import ClipforgeError
 
-__all__ = ["run_embed"]
+if TYPE_CHECKING:
+    from .stream import Collection, EmbedSummary
+
+__all__ = ["run_embed", "format_summary"]
 
 
 def run_embed(
     model_name: str,
     out: Path,
     *,
-    images: Path | None = None,
-    texts: Path | None = None,
-    batch_size: int = 64,
-    workers: int = 2,
-) -> Path:
-    from rich.progress import Progress
-
+    images: str | Path | None = None,
+    texts: str | Path | None = None,
+    batch_size: int | None = None,
+    workers: int | None = None,
+    shard_size: int = 100_000,
+    dtype: str = "float32",
+    precision: str = "fp32",
+    device: str = "cpu",
+    overwrite: bool = False,
+) -> EmbedSummary | Path:
     from ..checkpoint import load
-    from ..checkpoint.io import atomic_path
-    from .embed import embed_images, embed_texts, list_images
+    from .engine import Engine, EngineConfig
+    from .stream import embed_collection, open_images, open_texts
 
     if (images is None) == (texts is None):
         raise ClipforgeError("give exactly one of --images or --texts")
+    collection = open_texts(texts) if texts is not None else open_images(images)  # type: ignore[arg-type]
     model, preprocess = load(model_name)
-    if texts is not None:
-        if not texts.is_file():
-            raise DataError(f"{texts} does not exist; give a text file with one text per line")
-        lines = [line.strip() for line in texts.read_text(encoding="utf-8").splitlines() if line.strip()]
-        if not lines:
-            raise DataError(f"{texts} has no non-empty lines")
-        result = embed_texts(model, lines, batch_size=batch_size)
+    engine = Engine(model, EngineConfig(precision=precision, device=device), copy_model=False)  # type: ignore[arg-type]
+    if out.suffix == ".npy":
+        return _single_file(engine, preprocess, collection, out, batch_size or 64, workers)
+    with _progress_bar(collection.kind) as progress:
+        summary = embed_collection(
+            engine, preprocess, collection, out, shard_size=shard_size, batch_size=batch_size, workers=workers,
+            dtype=dtype, overwrite=overwrite, model_ref=model_name, progress=progress,
+        )  # fmt: skip
+    print(format_summary(summary))
+    return summary
+
+
+class _progress_bar:
+    """A rich progress bar on stderr, as a ``progress(done, total)`` callback."""
+
+    def __init__(self, kind: str) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        columns = (TextColumn(f"embedding {kind}s"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        self.bar = Progress(*columns, console=Console(stderr=True), transient=True)
+        self.task = self.bar.add_task("embed", total=None)
+
+    def __enter__(self):  # noqa: ANN204
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.bar.stop()
+
+    def __call__(self, done: int, total: int) -> None:
+        self.bar.start()  # on the first call, not before: an early error stays one clean line
+        self.bar.update(self.task, completed=done, total=total)
+
+
+def format_summary(s: EmbedSummary) -> str:
+    """A few lines for people: what was written, what was skipped, and where the time went."""
+    unit = "img" if s.kind == "image" else "text"
+    lines = [f"wrote {s.out}: {s.rows:,} embeddings ({s.embed_dim}-d, {s.precision}) in {s.shards} shard(s)"
+             + (f", {s.shards_reused} finished earlier and kept" if s.shards_reused else "")]  # fmt: skip
+    if s.skipped:
+        lines.append(f"skipped {s.skipped:,} unreadable item(s), listed in {s.out / 'skipped.jsonl'}")
+        lines += [f"  {item['path']}: {item['reason']}" for item in s.skipped_items[:5]]
+    if s.processed:
+        lines.append(f"throughput: model only {s.model_items_per_s:,.1f} {unit}/s, end to end "
+                     f"{s.end_to_end_items_per_s:,.1f} {unit}/s ({s.processed:,} items in {s.wall_seconds:.1f} s)")  # fmt: skip
+        if s.kind == "image" and s.end_to_end_items_per_s < 0.5 * s.model_items_per_s:
+            lines.append("  decoding is the bottleneck: more --workers (or faster storage) would help")
+    return "\n".join(lines)
+
+
+def _single_file(engine, preprocess, collection: Collection, out: Path, batch_size: int, workers: int | None) -> Path:  # noqa: ANN001
+    """The whole collection into one .npy (float32) and a .txt naming each row's item."""
+    from ..checkpoint.io import atomic_path
+    from .embed import embed_texts
+    from .stream import default_workers, iter_image_batches
+
+    if collection.kind == "text":
+        vectors, items, skipped = embed_texts(engine, collection.texts, batch_size=batch_size).embeddings, collection.texts, []
     else:
-        paths = list_images(images)  # type: ignore[arg-type]
-        with Progress(transient=True) as bar:
-            task = bar.add_task("embedding images", total=len(paths))
-            result = embed_images(
-                model, preprocess, paths, batch_size=batch_size, workers=workers,
-                progress=lambda n: bar.advance(task, n),
-            )  # fmt: skip
-    out = out if out.suffix == ".npy" else out.with_suffix(".npy")
+        records = collection.records
+        batches = [list(range(b, min(b + batch_size, len(records)))) for b in range(0, len(records), batch_size)]
+        done = list(iter_image_batches(engine, preprocess, records, batches, default_workers() if workers is None else workers))
+        vectors = np.concatenate([v for _, v, _ in done])  # (rows, embed_dim)
+        items = [records[row["index"]].ref for batch, _, _ in done for row in batch.rows]
+        skipped = [(records[i].ref, why) for batch, _, _ in done for i, why in batch.skipped]
     with atomic_path(out, suffix=".npy") as tmp:
-        np.save(tmp, result.embeddings)
+        np.save(tmp, vectors)
     with atomic_path(out.with_suffix(".txt")) as tmp:
-        tmp.write_text("".join(item.replace("\n", " ") + "\n" for item in result.items), encoding="utf-8")
-    print(f"wrote {out} {result.embeddings.shape} and {out.with_suffix('.txt')}")
-    for item, why in result.skipped.items():
+        tmp.write_text("".join(item.replace("\n", " ") + "\n" for item in items), encoding="utf-8")
+    print(f"wrote {out} {vectors.shape} and {out.with_suffix('.txt')}")
+    for item, why in [(s["path"], s["reason"]) for s in collection.skipped] + skipped:
         print(f"skipped {item}: {why}")
     return out

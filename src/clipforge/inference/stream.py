@@ -399,14 +399,15 @@ def _prepare_out(out: Path, settings: dict, overwrite: bool) -> list[dict]:
 
 
 def _check_same(out: Path, manifest: dict, settings: dict) -> None:
-    what = {"kind": "item kind", "model_fingerprint": "model weights", "precision": "engine precision",
+    what = {"kind": "item kind", "model_fingerprint": "model (weights)", "precision": "engine precision",
             "dtype": "output dtype", "shard_size": "shard size", "embed_dim": "embedding size",
             "source_fingerprint": "source items", "items": "number of source items"}  # fmt: skip
     for key, name in what.items():
         if manifest.get(key) != settings[key]:
+            hint = " (an architecture name alone means new random weights on every run)" if key == "model_fingerprint" else ""
             raise DataError(
-                f"{out} holds embeddings made with another {name} ({manifest.get(key)!r} there, {settings[key]!r} "
-                f"now; source {manifest.get('source')!r}, model {manifest.get('model')!r}); resume with the same "
+                f"{out} holds embeddings made with another {name}{hint}: {manifest.get(key)!r} there, {settings[key]!r} "
+                f"now (source {manifest.get('source')!r}, model {manifest.get('model')!r}); resume with the same "
                 "arguments, choose another --out, or pass --overwrite to start again"
             )
 

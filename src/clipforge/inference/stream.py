@@ -213,7 +213,10 @@ def _tar_caption(parts: dict) -> str | None:
             meta = json.loads(parts["json"])
         except ValueError:
             return None
-        caption = meta.get("caption") if isinstance(meta, dict) else None
+        if not isinstance(meta, dict):
+            return None
+        # clipforge's data sets store a list of captions (data/wds.py); the metadata keeps the first.
+        caption = meta.get("caption") or next(iter(meta.get("captions") or []), None)
         return str(caption) if caption else None
     return None
 

@@ -257,6 +257,21 @@ def serve_cmd(
           cors_origins=tuple(cors), log_level=log_level, threads=threads)  # fmt: skip
 
 
+# --- ONNX export ---
+@app.command("export-onnx")
+def export_onnx_cmd(
+    model: str = typer.Argument(..., help="Model name or checkpoint path."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder for image_encoder.onnx, text_encoder.onnx and their JSON."),
+    int8: bool = typer.Option(False, "--int8", help="Also write dynamic int8 versions to OUT/int8."),
+    opset: int = typer.Option(18, "--opset", help="ONNX opset."),
+) -> None:
+    """Export both towers to ONNX (normalised features; dynamic batch and text length) for onnxruntime."""
+    from .inference.onnx_export import export_model
+
+    for path in export_model(model, out, int8=int8, opset=opset).values():
+        typer.echo(f"wrote {path}")
+
+
 @app.callback()
 def _root() -> None:
     """Train, convert, evaluate and serve CLIP models."""

@@ -30,7 +30,7 @@ from ..errors import ClipforgeError
 from ..models.clip import CLIP
 from ..transforms import OPENAI_MEAN, OPENAI_STD
 
-__all__ = ["export_onnx", "read_onnx_meta", "IMAGE_FILE", "TEXT_FILE", "META_FILE", "DEFAULT_OPSET"]
+__all__ = ["export_onnx", "export_model", "read_onnx_meta", "IMAGE_FILE", "TEXT_FILE", "META_FILE", "DEFAULT_OPSET"]
 
 IMAGE_FILE = "image_encoder.onnx"
 TEXT_FILE = "text_encoder.onnx"
@@ -91,6 +91,22 @@ def export_onnx(
         for tower in towers:
             paths[tower] = _export_tower(model, tower, out_dir, opset, exporter)
     paths["meta"] = _write_meta(model, out_dir, opset, exporter, towers)
+    return paths
+
+
+def export_model(
+    name_or_path: str, out_dir: str | Path, *, int8: bool = False, opset: int = DEFAULT_OPSET
+) -> dict[str, Path]:
+    """What ``clipforge export-onnx`` does: load a checkpoint or model name, export both towers
+    to ``out_dir`` and, with ``int8``, their dynamic int8 versions to ``out_dir/int8``."""
+    from ..checkpoint import load_model
+
+    paths = export_onnx(load_model(name_or_path), out_dir, opset=opset)
+    if int8:
+        from .quantize import quantize_int8
+
+        quantized = quantize_int8(out_dir, Path(out_dir) / "int8")
+        paths.update({f"int8_{k}": v for k, v in quantized.items()})
     return paths
 
 

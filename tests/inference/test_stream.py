@@ -104,7 +104,8 @@ def test_worker_processes_and_bf16_and_float16(model, preprocess, folder: Path, 
     assert cosine.min() >= 0.999
 
 
-def test_resume_keeps_finished_shards_and_recomputes_the_partial_one(model, preprocess, folder: Path, tmp_path: Path) -> None:
+def test_resume_keeps_finished_shards_and_recomputes_the_partial_one(model, preprocess, folder: Path,
+                                                                     tmp_path: Path) -> None:  # fmt: skip
     whole = tmp_path / "whole"
     embed_collection(model, preprocess, folder, whole, shard_size=3, batch_size=2, workers=0)
 
@@ -114,13 +115,15 @@ def test_resume_keeps_finished_shards_and_recomputes_the_partial_one(model, prep
 
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
-        embed_collection(model, preprocess, folder, out, shard_size=3, batch_size=2, workers=0, on_shard=crash_after_shard_1)
+        embed_collection(model, preprocess, folder, out, shard_size=3, batch_size=2, workers=0,
+                         on_shard=crash_after_shard_1)  # fmt: skip
     assert len(json.loads((out / "manifest.json").read_text())["shards"]) == 2
     finished = {p: p.stat().st_mtime_ns for p in [*(out / "img_emb").iterdir(), *(out / "metadata").iterdir()]}
     (out / "img_emb" / "img_emb_00002.npy").write_bytes(b"half-written by the killed run")
 
     written: list[int] = []
-    summary = embed_collection(model, preprocess, folder, out, shard_size=3, batch_size=2, workers=0, on_shard=written.append)
+    summary = embed_collection(model, preprocess, folder, out, shard_size=3, batch_size=2, workers=0,
+                               on_shard=written.append)  # fmt: skip
     assert written == [2, 3] and summary.shards_reused == 2 and summary.processed == 4
     assert all(p.stat().st_mtime_ns == t for p, t in finished.items())  # finished shards untouched
     assert np.array_equal(read_out(out)[0], read_out(whole)[0]) and read_out(out)[1] == read_out(whole)[1]

@@ -14,6 +14,8 @@ import numpy as np
 from ..errors import ClipforgeError
 
 if TYPE_CHECKING:
+    from ..transforms import Preprocess
+    from .engine import Engine
     from .stream import Collection, EmbedSummary
 
 __all__ = ["run_embed", "format_summary"]
@@ -85,27 +87,25 @@ def format_summary(s: EmbedSummary) -> str:
         lines += [f"  {item['path']}: {item['reason']}" for item in s.skipped_items[:5]]
     if s.processed:
         lines.append(f"throughput: model only {s.model_items_per_s:,.1f} {unit}/s, end to end "
-                     f"{s.end_to_end_items_per_s:,.1f} {unit}/s ({s.processed:,} items in {s.wall_seconds:.1f} s)")  # fmt: skip
+                     f"{s.end_to_end_items_per_s:,.1f} {unit}/s "
+                     f"({s.processed:,} items in {s.wall_seconds:.1f} s)")  # fmt: skip
         if s.kind == "image" and s.end_to_end_items_per_s < 0.5 * s.model_items_per_s:
             lines.append("  decoding is the bottleneck: more --workers (or faster storage) would help")
     return "\n".join(lines)
 
 
-def _single_file(engine, preprocess, collection: Collection, out: Path, batch_size: int, workers: int | None) -> Path:  # noqa: ANN001
+def _single_file(
+    engine: Engine, preprocess: Preprocess, collection: Collection, out: Path, batch_size: int, workers: int | None
+) -> Path:
     """The whole collection into one .npy (float32) and a .txt naming each row's item."""
     from ..checkpoint.io import atomic_path
     from .embed import embed_texts
-    from .stream import default_workers, iter_image_batches
 
     if collection.kind == "text":
-        vectors, items, skipped = embed_texts(engine, collection.texts, batch_size=batch_size).embeddings, collection.texts, []
+        vectors = embed_texts(engine, collection.texts, batch_size=batch_size).embeddings
+        items, skipped = collection.texts, []
     else:
-        records = collection.records
-        batches = [list(range(b, min(b + batch_size, len(records)))) for b in range(0, len(records), batch_size)]
-        done = list(iter_image_batches(engine, preprocess, records, batches, default_workers() if workers is None else workers))
-        vectors = np.concatenate([v for _, v, _ in done])  # (rows, embed_dim)
-        items = [records[row["index"]].ref for batch, _, _ in done for row in batch.rows]
-        skipped = [(records[i].ref, why) for batch, _, _ in done for i, why in batch.skipped]
+        vectors, items, skipped = _all_images(engine, preprocess, collection, batch_size, workers)
     with atomic_path(out, suffix=".npy") as tmp:
         np.save(tmp, vectors)
     with atomic_path(out.with_suffix(".txt")) as tmp:
@@ -114,3 +114,19 @@ def _single_file(engine, preprocess, collection: Collection, out: Path, batch_si
     for item, why in [(s["path"], s["reason"]) for s in collection.skipped] + skipped:
         print(f"skipped {item}: {why}")
     return out
+
+
+def _all_images(
+    engine: Engine, preprocess: Preprocess, collection: Collection, batch_size: int, workers: int | None
+) -> tuple[np.ndarray, list[str], list[tuple[str, str]]]:
+    """-> ((rows, embed_dim) float32, the item of each row, [(item, why skipped)]), in memory."""
+    from .stream import default_workers, iter_image_batches
+
+    records = collection.records
+    batches = [list(range(b, min(b + batch_size, len(records)))) for b in range(0, len(records), batch_size)]
+    workers = default_workers() if workers is None else workers
+    done = list(iter_image_batches(engine, preprocess, records, batches, workers))
+    vectors = np.concatenate([v for _, v, _ in done])  # (rows, embed_dim)
+    items = [records[row["index"]].ref for batch, _, _ in done for row in batch.rows]
+    skipped = [(records[i].ref, why) for batch, _, _ in done for i, why in batch.skipped]
+    return vectors, items, skipped

@@ -44,7 +44,8 @@ def _engine(model: CLIP | Engine, precision: str, batch_size: int) -> Engine:
     if isinstance(model, Engine):
         return model
     device = str(next(model.parameters()).device)
-    config = EngineConfig(precision=precision, device=device, image_batch_size=batch_size, text_batch_size=batch_size)  # type: ignore[arg-type]
+    config = EngineConfig(precision=precision, device=device, image_batch_size=batch_size,  # type: ignore[arg-type]
+                          text_batch_size=batch_size)  # fmt: skip
     return Engine(model, config)
 
 
@@ -77,7 +78,9 @@ def embed_images(
     return EmbedResult(_stack(rows, engine.embed_dim), items, skipped)
 
 
-def embed_texts(model: CLIP | Engine, texts: Sequence[str], *, batch_size: int = 256, precision: str = "fp32") -> EmbedResult:
+def embed_texts(
+    model: CLIP | Engine, texts: Sequence[str], *, batch_size: int = 256, precision: str = "fp32"
+) -> EmbedResult:
     """Texts -> their embeddings in order (long texts truncated to the context length)."""
     engine = _engine(model, precision, batch_size)
     vectors = engine.encode_texts(list(texts), batch_size=batch_size) if texts else None

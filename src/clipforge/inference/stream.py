@@ -407,11 +407,12 @@ def _check_same(out: Path, manifest: dict, settings: dict) -> None:
             "source_fingerprint": "source items", "items": "number of source items"}  # fmt: skip
     for key, name in what.items():
         if manifest.get(key) != settings[key]:
-            hint = " (an architecture name alone means new random weights on every run)" if key == "model_fingerprint" else ""
+            hint = " (an architecture name alone means new random weights on every run)"
             raise DataError(
-                f"{out} holds embeddings made with another {name}{hint}: {manifest.get(key)!r} there, {settings[key]!r} "
-                f"now (source {manifest.get('source')!r}, model {manifest.get('model')!r}); resume with the same "
-                "arguments, choose another --out, or pass --overwrite to start again"
+                f"{out} holds embeddings made with another {name}{hint if key == 'model_fingerprint' else ''}: "
+                f"{manifest.get(key)!r} there, {settings[key]!r} now (source {manifest.get('source')!r}, model "
+                f"{manifest.get('model')!r}); resume with the same arguments, choose another --out, or pass "
+                "--overwrite to start again"
             )
 
 
@@ -533,7 +534,8 @@ def _run_images(run: _Run, preprocess: Preprocess, batch_size: int, workers: int
             run.embedded += len(batch.rows)
             vectors.append(vecs)
             rows.extend(batch.rows)
-            skipped.extend({"index": i, "path": run.collection.records[i].ref, "reason": why} for i, why in batch.skipped)
+            records = run.collection.records
+            skipped.extend({"index": i, "path": records[i].ref, "reason": why} for i, why in batch.skipped)
             run.advance(len(batch.indices))
         run.finish_shard(vectors, rows, skipped)
 
@@ -584,36 +586,43 @@ def embed_collection(
     shard k is safely on disk. Unreadable images are skipped and listed, never fatal.
     """
     started = time.perf_counter()
-    if shard_size < 1 or (batch_size is not None and batch_size < 1):
-        raise ClipforgeError("--shard-size and --batch-size must be positive")
-    if dtype not in ("float32", "float16"):
-        raise ClipforgeError(f"unknown --dtype {dtype!r}; use float32 or float16")
+    _check_arguments(shard_size, batch_size, dtype, kind, preprocess)
     engine = _as_engine(engine_or_model, precision)
     collection = source if isinstance(source, Collection) else (open_images if kind == "image" else open_texts)(source)
-    run = _start(Path(out), collection, engine, shard_size, dtype, overwrite, model_ref, progress, on_shard)
+    out = Path(out)
+    manifest = _open_out(out, collection, engine, shard_size, dtype, overwrite, model_ref)
+    done_items = min(len(manifest["shards"]) * shard_size, len(collection))
+    skipped = _read_skipped(out, done_items)
+    run = _Run(out, collection, engine, manifest, shard_size, dtype, skipped, progress, on_shard, start=done_items)
     reused = run.shards_done
     run.advance(0)  # show the reused shards as done
     if collection.kind == "image":
-        if preprocess is None:
-            raise ClipforgeError("embedding images needs the model's preprocess")
-        _run_images(run, preprocess, batch_size or engine.config.image_batch_size, default_workers() if workers is None else workers)
+        workers = default_workers() if workers is None else workers
+        _run_images(run, preprocess, batch_size or engine.config.image_batch_size, workers)  # type: ignore[arg-type]
     else:
         _run_texts(run, batch_size or engine.config.text_batch_size)
     return _summary(run, reused, time.perf_counter() - started)
 
 
-def _start(out: Path, collection: Collection, engine: Engine, shard_size: int, dtype: str, overwrite: bool,
-           model_ref: str | None, progress: ProgressFn | None, on_shard: Callable[[int], None] | None) -> _Run:  # fmt: skip
-    model = engine.model
-    settings = _settings(collection, engine, model_fingerprint(model), shard_size, dtype)
+def _check_arguments(shard_size: int, batch_size: int | None, dtype: str, kind: str, preprocess: object) -> None:
+    if shard_size < 1 or (batch_size is not None and batch_size < 1):
+        raise ClipforgeError("--shard-size and --batch-size must be positive")
+    if dtype not in ("float32", "float16"):
+        raise ClipforgeError(f"unknown --dtype {dtype!r}; use float32 or float16")
+    if kind == "image" and preprocess is None:
+        raise ClipforgeError("embedding images needs the model's preprocess (clipforge.load returns it)")
+
+
+def _open_out(out: Path, collection: Collection, engine: Engine, shard_size: int, dtype: str, overwrite: bool,
+              model_ref: str | None) -> dict:  # fmt: skip
+    """Check OUT against this run, keep its finished shards, and write the manifest -> manifest."""
+    settings = _settings(collection, engine, model_fingerprint(engine.model), shard_size, dtype)
     done = _prepare_out(out, settings, overwrite)
     manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": model_ref, "source": collection.spec,
-                **settings, "shards_total": -(-len(collection) // shard_size), "shards": done, "complete": False}  # fmt: skip
-    manifest["complete"] = len(done) * shard_size >= len(collection)
+                **settings, "shards_total": -(-len(collection) // shard_size), "shards": done,
+                "complete": len(done) * shard_size >= len(collection)}  # fmt: skip
     _write_json(out / "manifest.json", manifest)  # before any shard: a mismatch is caught even after an early kill
-    skipped = _read_skipped(out, len(done) * shard_size)
-    return _Run(out, collection, engine, manifest, shard_size, dtype, skipped, progress, on_shard,
-                start=min(len(done) * shard_size, len(collection)))
+    return manifest
 
 
 def _summary(run: _Run, reused: int, wall: float) -> EmbedSummary:

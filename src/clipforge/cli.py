@@ -65,8 +65,12 @@ def embed_cmd(
     """Embed images or texts into L2-normalised vectors: shards of .npy + parquet metadata, resumable."""
     from .inference.cli import run_embed
 
-    run_embed(model, out, images=images, texts=texts, batch_size=batch_size, workers=workers, shard_size=shard_size,
-              dtype=dtype, precision=precision, device=device, overwrite=overwrite)  # fmt: skip
+    try:
+        run_embed(model, out, images=images, texts=texts, batch_size=batch_size, workers=workers,
+                  shard_size=shard_size, dtype=dtype, precision=precision, device=device, overwrite=overwrite)  # fmt: skip
+    except KeyboardInterrupt:
+        typer.echo("interrupted: finished shards are kept; run the same command again to resume", err=True)
+        raise typer.Exit(130) from None  # the shell's code for "stopped by Ctrl-C"
 
 
 # --- training ---

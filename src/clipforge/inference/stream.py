@@ -586,6 +586,7 @@ def embed_collection(
     shard k is safely on disk. Unreadable images are skipped and listed, never fatal.
     """
     started = time.perf_counter()
+    kind = source.kind if isinstance(source, Collection) else kind
     _check_arguments(shard_size, batch_size, dtype, kind, preprocess)
     engine = _as_engine(engine_or_model, precision)
     collection = source if isinstance(source, Collection) else (open_images if kind == "image" else open_texts)(source)

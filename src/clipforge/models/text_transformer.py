@@ -64,6 +64,14 @@ class TextTower(nn.Module):
                 f"token ids of length {text.shape[1]} exceed the model's context length "
                 f"{self.context_length}; tokenize with context_length={self.context_length}, truncate=True"
             )
+        return self.text_features(text, eot)
+
+    def text_features(self, text: torch.Tensor, eot: torch.Tensor) -> torch.Tensor:
+        """(batch, n) token ids, (batch,) end-of-text positions -> (batch, embed_dim).
+
+        The tower without the length check and trimming: a shape-stable function for
+        ``torch.compile`` (trimming reads a tensor value, which would break the graph).
+        """
         n = text.shape[1]
         dtype = self.text_projection.dtype
         x = self.token_embedding(text).to(dtype)  # (batch, n, width)

@@ -1,0 +1,367 @@
+"""Inference speed: clipforge's engine (each mode) vs open_clip and transformers, same run, same
+random weights, same inputs, same thread count.
+
+Rows: clipforge fp32 / bf16 / bf16 + torch.compile / ONNX Runtime fp32 / ONNX Runtime int8,
+open_clip fp32 / bf16 autocast, transformers CLIPModel fp32 / bf16 weights. Columns: ViT-B/32 and
+RN50 image img/s at batch 1 and 32; text texts/s for short prompts ("a photo of a {class}.") and
+for 77-token texts (from strings: each library's own tokenizer is part of the work); the lowest
+cosine similarity of any feature row to the fp32 reference (clipforge fp32, which equals open_clip
+fp32 to ~1e-7); the peak memory a row adds (resident set, model build + its first calls).
+
+The bf16 matmul limit is measured in the same run, on the GEMM shapes of a ViT-B/32 batch of 32
+and a square one, and every image row prints its throughput as a percentage of it
+(model FLOPs counted by torch.utils.flop_counter).
+
+All contenders of one cell run side by side, one call each in turn with the order rotating every
+round, so load from other processes falls on all alike; the median call is reported.
+
+    python bench/inference.py [--archs ViT-B-32,RN50] [--no-compile] [--no-onnx] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import print_table, write_results  # noqa: E402
+
+CLASSES = ["cat", "dog", "golden retriever", "tree frog", "sports car", "airliner", "coffee mug", "pizza",
+           "red panda", "lighthouse", "acoustic guitar", "hot air balloon", "jellyfish", "volcano",
+           "school bus", "grand piano"]  # fmt: skip
+WORDS = "the quick brown fox jumps over lazy dogs near a quiet river under bright stars at night".split()
+
+
+@dataclass
+class Contender:
+    name: str
+    images: Callable[[torch.Tensor], torch.Tensor]  # (batch, 3, H, W) float32 -> (batch, dim)
+    texts: Callable[[list[str]], torch.Tensor] | None  # strings -> (n, dim)
+    setup_s: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# --- memory -----------------------------------------------------------------------------------
+def _rss_kib(field_name: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field_name + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def reset_peak() -> int:
+    """Reset the kernel's peak-RSS counter (VmHWM) and return the current RSS in KiB."""
+    gc.collect()
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+    return _rss_kib("VmRSS")
+
+
+def peak_mib_since(base_kib: int) -> float:
+    return (_rss_kib("VmHWM") - base_kib) / 1024
+
+
+# --- the matmul limit --------------------------------------------------------------------------
+def matmul_gflops(dtype: torch.dtype, device: str, seconds: float = 1.0) -> dict[str, float]:
+    """GFLOP/s of one GEMM per shape: a ViT-B/32 batch of 32 (1,600 tokens) and a square one."""
+    shapes = {"qkv 1600x768x2304": (1600, 768, 2304), "mlp 1600x768x3072": (1600, 768, 3072),
+              "mlp 1600x3072x768": (1600, 3072, 768), "square 2048": (2048, 2048, 2048)}  # fmt: skip
+    out = {}
+    for name, (m, k, n) in shapes.items():
+        a, b = torch.randn(m, k, dtype=dtype, device=device), torch.randn(k, n, dtype=dtype, device=device)
+        calls, start = _timed_calls(lambda: a @ b, seconds, device)
+        out[name] = 2 * m * k * n * calls / (time.perf_counter() - start) / 1e9
+    return out
+
+
+def _timed_calls(fn: Callable[[], Any], seconds: float, device: str) -> tuple[int, float]:
+    for _ in range(3):
+        fn()
+    _sync(device)
+    start, calls = time.perf_counter(), 0
+    while time.perf_counter() - start < seconds:
+        fn()
+        calls += 1
+    _sync(device)
+    return calls, start
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def image_gflop(model: torch.nn.Module, size: int) -> float:
+    """FLOPs of one image through the image tower (matmuls and convolutions), in GFLOP."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model.encode_image(torch.zeros(1, 3, size, size))
+    return counter.get_total_flops() / 1e9
+
+
+# --- contenders ---------------------------------------------------------------------------------
+def clipforge_rows(model, device: str, compile_: bool, onnx: bool) -> list[tuple[str, Callable[[], Contender]]]:
+    from clipforge.inference.engine import Engine, EngineConfig
+
+    def engine(name: str, **kw) -> Callable[[], Contender]:
+        def build() -> Contender:
+            e = Engine(model, EngineConfig(device=device, **kw))
+            return Contender(name, e.encode_images, e.encode_texts)
+
+        return build
+
+    low = "fp16" if device.startswith("cuda") else "bf16"
+    rows = [("clipforge fp32", engine("clipforge fp32", precision="fp32")),
+            (f"clipforge {low}", engine(f"clipforge {low}", precision=low))]  # fmt: skip
+    if compile_:
+        rows.append((f"clipforge {low} compiled", engine(f"clipforge {low} compiled", precision=low, compile=True)))
+    if onnx and not device.startswith("cuda"):
+        rows += [("clipforge onnxruntime fp32", lambda: onnx_contender(model, int8=False)),
+                 ("clipforge onnxruntime int8", lambda: onnx_contender(model, int8=True))]  # fmt: skip
+    return rows
+
+
+def onnx_contender(model, int8: bool) -> Contender:
+    from clipforge.inference.onnx_export import export_onnx
+    from clipforge.inference.onnx_runtime import OnnxEngine
+
+    folder = Path(tempfile.mkdtemp(prefix="clipforge-bench-onnx-"))
+    start = time.perf_counter()
+    export_onnx(model, folder / "fp32")
+    if int8:
+        from clipforge.inference.quantize import quantize_int8
+
+        quantize_int8(folder / "fp32", folder / "int8")
+    e = OnnxEngine(folder / ("int8" if int8 else "fp32"), threads=torch.get_num_threads())
+    name = f"clipforge onnxruntime {'int8' if int8 else 'fp32'}"
+    return Contender(name, e.encode_images, e.encode_texts, setup_s=time.perf_counter() - start)
+
+
+def open_clip_rows(model, arch: str, device: str) -> list[tuple[str, Callable[[], Contender]]]:
+    low = torch.float16 if device.startswith("cuda") else torch.bfloat16
+    low_name = "fp16" if low == torch.float16 else "bf16"
+
+    def build(amp: bool) -> Contender:
+        import open_clip
+
+        oc = open_clip.create_model(arch, quick_gelu=model.config.quick_gelu)
+        oc.load_state_dict(model.state_dict(), strict=False)  # ours has no position_ids buffers
+        oc = oc.to(device).eval()
+        tokenizer = open_clip.get_tokenizer(arch)
+        kind = torch.device(device).type
+
+        def run(fn: Callable[[], torch.Tensor]) -> torch.Tensor:
+            with torch.inference_mode(), torch.autocast(kind, dtype=low, enabled=amp):
+                return F.normalize(fn().float(), dim=-1)
+
+        def texts(strings: list[str]) -> torch.Tensor:
+            return torch.cat([run(lambda: oc.encode_text(tokenizer(strings[i : i + 256]).to(device)))
+                              for i in range(0, len(strings), 256)])  # fmt: skip
+
+        name = f"open_clip {low_name} autocast" if amp else "open_clip fp32"
+        return Contender(name, lambda x: run(lambda: oc.encode_image(x.to(device))), texts)
+
+    return [("open_clip fp32", lambda: build(False)), (f"open_clip {low_name} autocast", lambda: build(True))]
+
+
+def transformers_rows(model, device: str) -> list[tuple[str, Callable[[], Contender]]]:
+    """transformers' CLIPModel has no ResNet tower: ViTs only."""
+    if model.config.vision.is_resnet:
+        return []
+    low = torch.float16 if device.startswith("cuda") else torch.bfloat16
+    low_name = "fp16" if low == torch.float16 else "bf16"
+
+    def build(dtype: torch.dtype) -> Contender:
+        from transformers import CLIPModel, CLIPTokenizerFast
+
+        from clipforge.checkpoint.hf import save_hf_dir
+
+        folder = Path(tempfile.mkdtemp(prefix="clipforge-bench-hf-"))
+        save_hf_dir(model, folder)
+        hf = CLIPModel.from_pretrained(folder, torch_dtype=dtype).to(device).eval()
+        tokenizer = CLIPTokenizerFast.from_pretrained(folder)
+
+        @torch.inference_mode()
+        def images(x: torch.Tensor) -> torch.Tensor:
+            return F.normalize(hf.get_image_features(pixel_values=x.to(device, dtype)).float(), dim=-1)
+
+        @torch.inference_mode()
+        def texts(strings: list[str]) -> torch.Tensor:
+            out = []
+            for i in range(0, len(strings), 256):
+                batch = tokenizer(strings[i : i + 256], padding=True, truncation=True, max_length=77,
+                                  return_tensors="pt").to(device)  # fmt: skip
+                out.append(F.normalize(hf.get_text_features(**batch).float(), dim=-1))
+            return torch.cat(out)
+
+        name = "transformers fp32" if dtype == torch.float32 else f"transformers {low_name}"
+        return Contender(name, images, texts)
+
+    return [("transformers fp32", lambda: build(torch.float32)), (f"transformers {low_name}", lambda: build(low))]
+
+
+# --- workloads ----------------------------------------------------------------------------------
+def short_prompts(n: int) -> list[str]:
+    return [f"a photo of a {CLASSES[i % len(CLASSES)]}." for i in range(n)]
+
+
+def long_texts(n: int) -> list[str]:
+    """Texts of more than 77 tokens (truncated by every tokenizer to the full context)."""
+    return [" ".join(WORDS[(i + j) % len(WORDS)] for j in range(90)) for i in range(n)]
+
+
+@dataclass
+class Workload:
+    name: str
+    run: Callable[[Contender], torch.Tensor]
+    unit: str  # what one call processes: images or texts
+    items: int
+    rounds: int
+    images: bool
+
+
+def workloads(size: int, device: str, with_text: bool, quick: bool) -> list[Workload]:
+    g = torch.Generator().manual_seed(0)
+    one, batch = torch.randn(1, 3, size, size, generator=g), torch.randn(32, 3, size, size, generator=g)
+    shorts, longs = short_prompts(512 if quick else 1024), long_texts(128 if quick else 256)
+    out = [Workload("img b1", lambda c: c.images(one), "img/s", 1, 10 if quick else 25, True),
+           Workload("img b32", lambda c: c.images(batch), "img/s", 32, 3 if quick else 7, True)]  # fmt: skip
+    if with_text:
+        out += [Workload("short texts", lambda c: c.texts(shorts), "texts/s", len(shorts), 3 if quick else 5, False),
+                Workload("77-token texts", lambda c: c.texts(longs), "texts/s", len(longs), 3, False)]  # fmt: skip
+    return out
+
+
+def time_side_by_side(contenders: list[Contender], work: Workload, device: str) -> dict[str, float]:
+    """Median seconds per call of each contender, calls interleaved with a rotating order."""
+    times: dict[str, list[float]] = {c.name: [] for c in contenders}
+    for r in range(work.rounds):
+        for c in contenders[r % len(contenders) :] + contenders[: r % len(contenders)]:
+            start = time.perf_counter()
+            work.run(c)
+            _sync(device)
+            times[c.name].append(time.perf_counter() - start)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def cosine_min(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(F.cosine_similarity(a.float().cpu(), b.float().cpu(), dim=-1).min())
+
+
+# --- one architecture ---------------------------------------------------------------------------
+def bench_arch(arch: str, args, limit: float) -> list[dict[str, Any]]:
+    from clipforge.factory import create_model
+
+    model = create_model(arch, seed=0).eval().requires_grad_(False)
+    gflop = image_gflop(model, model.image_size)
+    works = workloads(model.image_size, args.device, with_text=arch == args.archs[0], quick=args.quick)
+    builders = clipforge_rows(model, args.device, args.compile, args.onnx)
+    builders += open_clip_rows(model, arch, args.device) + transformers_rows(model, args.device)
+    contenders, memory, features = [], {}, {}
+    for name, build in builders:
+        base = reset_peak()
+        start = time.perf_counter()
+        try:
+            c = build()
+        except Exception as e:  # a peer or optional mode that can't run here is a row that says so
+            print(f"[{arch}] {name}: not run ({type(e).__name__}: {e})")
+            continue
+        features[name] = {w.name: w.run(c) for w in works}  # warm-up: compile, caches, allocator
+        c.setup_s = c.setup_s or time.perf_counter() - start
+        memory[name] = peak_mib_since(base)
+        contenders.append(c)
+        print(f"[{arch}] built {name} in {c.setup_s:.1f} s, +{memory[name]:.0f} MiB")
+    reference = features["clipforge fp32"]
+    timings = {w.name: time_side_by_side(contenders, w, args.device) for w in works}
+    rows = []
+    for c in contenders:
+        row: dict[str, Any] = {"arch": arch, "row": c.name}
+        for w in works:
+            row[f"{w.name} {w.unit}"] = w.items / timings[w.name][c.name]
+            if w.name == "img b1":
+                row["img b1 ms"] = 1000 * timings[w.name][c.name]
+        row["% bf16 matmul limit (b32)"] = 100 * row["img b32 img/s"] * gflop / limit
+        row["cos min vs fp32"] = min(cosine_min(features[c.name][w.name], reference[w.name]) for w in works)
+        row["peak MiB"] = memory[c.name]
+        row["setup s"] = c.setup_s
+        rows.append(row)
+    print(f"[{arch}] image tower: {gflop:.2f} GFLOP per image")
+    del contenders, features
+    gc.collect()
+    return rows
+
+
+def ratios(rows: list[dict[str, Any]], ours: str, peer: str, column: str, arch: str) -> float | None:
+    pick = {r["row"]: r.get(column) for r in rows if r["arch"] == arch}
+    if pick.get(ours) is None or not pick.get(peer):
+        return None
+    return pick[ours] / pick[peer]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--archs", default="ViT-B-32,RN50")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--no-compile", dest="compile", action="store_false")
+    parser.add_argument("--no-onnx", dest="onnx", action="store_false")
+    parser.add_argument("--quick", action="store_true", help="fewer rounds and texts (a smoke run)")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    args.archs = args.archs.split(",")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    low = torch.float16 if args.device.startswith("cuda") else torch.bfloat16
+    gemm = matmul_gflops(low, args.device)
+    limit = max(gemm.values())
+    print(f"{low} matmul GFLOP/s: " + ", ".join(f"{k} {v:.0f}" for k, v in gemm.items()) + f" -> limit {limit:.0f}")
+    rows = [r for arch in args.archs for r in bench_arch(arch, args, limit)]
+    summary = goal_summary(rows, args)
+    print_table(f"Inference ({args.device}, {torch.get_num_threads()} threads)", rows)
+    print_table("Goals", summary)
+    path = write_results("inference", rows, args.out, matmul_gflops=gemm, matmul_limit=limit, goals=summary)
+    print(f"wrote {path}")
+
+
+def goal_summary(rows: list[dict[str, Any]], args) -> list[dict[str, Any]]:
+    low = "fp16" if args.device.startswith("cuda") else "bf16"
+    best = f"clipforge {low} compiled" if args.compile else f"clipforge {low}"
+    vit = args.archs[0]
+    checks = [
+        (f"{vit} b32: {best} / open_clip {low} autocast", best, f"open_clip {low} autocast", "img b32 img/s", 1.1),
+        (f"{vit} b32: clipforge {low} / open_clip {low} autocast", f"clipforge {low}", f"open_clip {low} autocast",
+         "img b32 img/s", 1.1),
+        (f"short texts: clipforge {low} / open_clip {low} autocast", f"clipforge {low}", f"open_clip {low} autocast",
+         "short texts texts/s", 5.0),
+        (f"short texts: clipforge {low} / open_clip fp32", f"clipforge {low}", "open_clip fp32", "short texts texts/s", 20.0),
+    ]  # fmt: skip
+    out = [{"goal": g, "value": ratios(rows, a, b, col, vit), "target": t} for g, a, b, col, t in checks]
+    pick = {r["row"]: r for r in rows if r["arch"] == vit}
+    if best in pick:
+        out.append({"goal": f"{vit} b32: {best} % of bf16 matmul limit", "value": pick[best]["% bf16 matmul limit (b32)"],
+                    "target": 85.0})  # fmt: skip
+    ours_b1 = min((r["img b1 ms"], r["row"]) for r in rows if r["arch"] == vit and r["row"].startswith("clipforge"))
+    peers_b1 = min((r["img b1 ms"], r["row"]) for r in rows if r["arch"] == vit and not r["row"].startswith("clipforge"))
+    out.append({"goal": f"{vit} b1 ms: {ours_b1[1]} vs best peer {peers_b1[1]}", "value": ours_b1[0],
+                "target": peers_b1[0]})  # fmt: skip
+    for r in out:
+        r["met"] = r["value"] is not None and (r["value"] <= r["target"] if "ms" in r["goal"] else r["value"] >= r["target"])
+    return out
+
+
+if __name__ == "__main__":
+    main()

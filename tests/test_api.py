@@ -33,3 +33,9 @@ def test_unknown_attribute_is_an_attribute_error() -> None:
 
     with pytest.raises(AttributeError):
         clipforge.no_such_thing  # noqa: B018
+
+
+def test_inference_package_exports_resolve() -> None:
+    import clipforge.inference as inference
+
+    assert [name for name in inference.__all__ if not hasattr(inference, name)] == []

@@ -31,7 +31,8 @@ def test_convert_and_embed_round_trip(tmp_path: Path) -> None:
     for colour in ["red", "blue"]:
         Image.new("RGB", (48, 40), colour).save(tmp_path / f"{colour}.png")
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    done = run("embed", "--model", str(tmp_path / "hf"), "--images", str(tmp_path), "--out", str(tmp_path / "e.npy"))
+    done = run("embed", "--model", str(tmp_path / "hf"), "--images", str(tmp_path), "--out", str(tmp_path / "e.npy"),
+               "--precision", "fp32")  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "skipped" in done.stdout and "broken.png" in done.stdout
     vectors = np.load(tmp_path / "e.npy")

@@ -46,6 +46,9 @@ _EXPORTS: dict[str, str] = {
     "load_run_config": "clipforge.train:load_run_config",
     "ClipLoss": "clipforge.losses:ClipLoss",
     "SigLipLoss": "clipforge.losses:SigLipLoss",
+    "Engine": "clipforge.inference.engine:Engine",
+    "EngineConfig": "clipforge.inference.engine:EngineConfig",
+    "embed_collection": "clipforge.inference.stream:embed_collection",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

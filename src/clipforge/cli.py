@@ -58,7 +58,7 @@ def embed_cmd(
     workers: Optional[int] = typer.Option(None, "--workers", help="Image decoding processes (default: min(4, CPUs))."),
     shard_size: int = typer.Option(100_000, "--shard-size", help="Items per output shard."),
     dtype: str = typer.Option("float32", "--dtype", help="Stored embeddings: float32 or float16."),
-    precision: str = typer.Option("fp32", "--precision", help="Engine precision: fp32 (exact), bf16, fp16 (GPU) or auto (fastest within bf16 rounding)."),
+    precision: str = typer.Option("auto", "--precision", help="Engine precision: auto (bf16 where the hardware computes it natively: features within bf16 rounding, cosine >= 0.999), fp32 (exact), bf16, fp16 (GPU)."),
     device: str = typer.Option("cpu", "--device", help="cpu, or cuda when a GPU is present."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace embeddings already in --out instead of resuming."),
 ) -> None:

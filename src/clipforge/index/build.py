@@ -66,7 +66,7 @@ def _add(store, embedder, source, batch_size, workers, near_duplicate, tags, pro
     known = store.known_hashes()
     report, done, result = BuildReport(str(store.root)), 0, AddResult()
     batches = embed_image_files(
-        embedder.model, embedder.preprocess, paths, root, batch_size=batch_size, workers=workers, known_hashes=known
+        embedder.engine, embedder.preprocess, paths, root, batch_size=batch_size, workers=workers, known_hashes=known
     )
     for batch in batches:
         records = [dataclasses.replace(r, tags=tuple(tags)) for r in batch.records]

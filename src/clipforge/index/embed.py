@@ -19,11 +19,11 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import DataError, IndexError_
 from ..models.clip import CLIP
+from ..inference.engine import Engine, EngineConfig, Precision
 from ..transforms import Preprocess
 
 __all__ = [
@@ -167,7 +167,7 @@ def _collate(batch: list) -> list:
 
 
 def embed_image_files(
-    model: CLIP,
+    engine: Engine,
     preprocess: Preprocess,
     paths: Sequence[Path],
     root: Path,
@@ -190,19 +190,12 @@ def embed_image_files(
             elif rec is not None:
                 seen.add(rec.sha256)
                 good.append((rec, tensor))
-        vectors = embed_tensors(model, torch.stack([t for _, t in good])) if good else _empty(model)
+        vectors = engine.encode_images(torch.stack([t for _, t in good])).numpy() if good else _empty(engine)
         yield EmbeddedBatch([r for r, _ in good], vectors, skipped)
 
 
-def _empty(model: CLIP) -> np.ndarray:
-    return np.zeros((0, model.config.embed_dim), dtype=np.float32)
-
-
-def embed_tensors(model: CLIP, images: torch.Tensor) -> np.ndarray:
-    """(batch, 3, H, W) preprocessed -> (batch, embed_dim) float32, L2-normalised."""
-    device = next(model.parameters()).device
-    with torch.inference_mode():
-        return F.normalize(model.encode_image(images.to(device)).float(), dim=-1).cpu().numpy()
+def _empty(engine: Engine) -> np.ndarray:
+    return np.zeros((0, engine.embed_dim), dtype=np.float32)
 
 
 def combine_queries(parts: Sequence[tuple[np.ndarray, float]]) -> np.ndarray:
@@ -215,10 +208,15 @@ def combine_queries(parts: Sequence[tuple[np.ndarray, float]]) -> np.ndarray:
 
 
 class Embedder:
-    """A model and its preprocessing, with a small cache of text embeddings (queries repeat)."""
+    """A model and its preprocessing, run by the inference engine (``precision="auto"``: bf16
+    where the hardware computes it natively), with a small cache of text embeddings (queries
+    repeat). ``model`` stays the caller's fp32 model, for CLIPScore."""
 
-    def __init__(self, model: CLIP, preprocess: Preprocess, model_ref: str, cache_size: int = 4096) -> None:
+    def __init__(
+        self, model: CLIP, preprocess: Preprocess, model_ref: str, cache_size: int = 4096, precision: Precision = "auto"
+    ) -> None:
         self.model, self.preprocess, self.model_ref = model.eval(), preprocess, model_ref
+        self.engine = Engine(model, EngineConfig(precision=precision))
         self.dim = model.config.embed_dim
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._cache_size = cache_size
@@ -226,12 +224,7 @@ class Embedder:
 
     def texts(self, texts: Sequence[str]) -> np.ndarray:
         """texts -> (n, embed_dim) float32, L2-normalised (long texts are truncated)."""
-        from ..tokenizer import tokenize
-
-        device = next(self.model.parameters()).device
-        tokens = tokenize(list(texts), context_length=self.model.context_length, truncate=True)
-        with torch.inference_mode():
-            return F.normalize(self.model.encode_text(tokens.to(device)).float(), dim=-1).cpu().numpy()
+        return self.engine.encode_texts(list(texts)).numpy()
 
     def text(self, text: str) -> np.ndarray:
         with self._lock:
@@ -248,7 +241,7 @@ class Embedder:
 
     def images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """PIL images -> (n, embed_dim) float32, L2-normalised."""
-        return embed_tensors(self.model, torch.stack([self.preprocess(im) for im in images]))
+        return self.engine.encode_images(torch.stack([self.preprocess(im) for im in images])).numpy()
 
     def image_bytes(self, data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
         return self.images([decode_image(data, max_pixels)])[0]

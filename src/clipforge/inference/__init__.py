@@ -1,16 +1,33 @@
-"""Batched embedding of images and texts: in memory (``embed_images``, ``embed_texts``) or
-streamed into resumable shards on disk (``embed_collection``)."""
+"""Fast, batched embedding of images and texts: the engine (``Engine``), in memory
+(``embed_images``, ``embed_texts``) or streamed into resumable shards on disk
+(``embed_collection``).
 
-from .embed import EmbedResult, embed_images, embed_texts, list_images
-from .stream import EmbedSummary, embed_collection, open_images, open_texts
+Names load on first use: ``clipforge.index`` builds on the engine and this package's embedding
+loops build on ``clipforge.index``'s image reading, so eager imports here would be circular.
+"""
 
-__all__ = [
-    "EmbedResult",
-    "EmbedSummary",
-    "embed_collection",
-    "embed_images",
-    "embed_texts",
-    "list_images",
-    "open_images",
-    "open_texts",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "Engine": "engine",
+    "EngineConfig": "engine",
+    "EmbedResult": "embed",
+    "embed_images": "embed",
+    "embed_texts": "embed",
+    "list_images": "embed",
+    "EmbedSummary": "stream",
+    "embed_collection": "stream",
+    "open_images": "stream",
+    "open_texts": "stream",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)

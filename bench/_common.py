@@ -55,4 +55,4 @@ def print_table(title: str, rows: list[dict[str, Any]]) -> None:
         table.add_column(col)
     for row in rows:
         table.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.values()))
-    Console().print(table)
+    Console(width=max(120, 14 * len(columns))).print(table)  # wide tables wrap unreadably at 80

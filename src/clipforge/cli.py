@@ -61,13 +61,15 @@ def embed_cmd(
     precision: str = typer.Option("auto", "--precision", help="Engine precision: auto (bf16 where the hardware computes it natively: features within bf16 rounding, cosine >= 0.999), fp32 (exact), bf16, fp16 (GPU)."),
     device: str = typer.Option("cpu", "--device", help="cpu, or cuda when a GPU is present."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace embeddings already in --out instead of resuming."),
+    compile_: bool = typer.Option(False, "--compile", help="torch.compile the towers: ~20-60 s once, then the fastest path on big collections."),
 ) -> None:
     """Embed images or texts into L2-normalised vectors: shards of .npy + parquet metadata, resumable."""
     from .inference.cli import run_embed
 
     try:
         run_embed(model, out, images=images, texts=texts, batch_size=batch_size, workers=workers,
-                  shard_size=shard_size, dtype=dtype, precision=precision, device=device, overwrite=overwrite)  # fmt: skip
+                  shard_size=shard_size, dtype=dtype, precision=precision, device=device, overwrite=overwrite,
+                  compile=compile_)  # fmt: skip
     except KeyboardInterrupt:
         typer.echo("interrupted: finished shards are kept; run the same command again to resume", err=True)
         raise typer.Exit(130) from None  # the shell's code for "stopped by Ctrl-C"

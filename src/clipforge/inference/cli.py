@@ -34,6 +34,7 @@ def run_embed(
     precision: str = "fp32",
     device: str = "cpu",
     overwrite: bool = False,
+    compile: bool = False,
 ) -> EmbedSummary | Path:
     from ..checkpoint import load
     from .engine import Engine, EngineConfig
@@ -43,7 +44,7 @@ def run_embed(
         raise ClipforgeError("give exactly one of --images or --texts")
     collection = open_texts(texts) if texts is not None else open_images(images)  # type: ignore[arg-type]
     model, preprocess = load(model_name)
-    engine = Engine(model, EngineConfig(precision=precision, device=device), copy_model=False)  # type: ignore[arg-type]
+    engine = Engine(model, EngineConfig(precision=precision, device=device, compile=compile), copy_model=False)  # type: ignore[arg-type]
     if out.suffix == ".npy":
         return _single_file(engine, preprocess, collection, out, batch_size or 64, workers)
     with _progress_bar(collection.kind) as progress:

@@ -55,3 +55,16 @@ def test_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
         assert done.returncode != 0
         assert "Traceback" not in done.stderr and done.stderr.startswith("error: ")
         assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_data_build_then_info(tmp_path: Path) -> None:
+    out = tmp_path / "emoji"
+    built = run("data", "build", "openmoji", "--out", str(out), "--limit", "24", "--image-size", "32")
+    assert built.returncode == 0, built.stderr
+    assert (out / "manifest.json").is_file() and "train" in built.stdout
+    info = run("data", "info", str(out))
+    assert info.returncode == 0 and info.stdout == built.stdout  # the same manifest, described alike
+    images = sum(int(line.split()[1].replace(",", "")) for line in info.stdout.splitlines()[2:5])
+    assert images == 24
+    missing = run("data", "info", str(tmp_path / "nothing"))
+    assert missing.returncode == 2 and "clipforge data build" in missing.stderr and "Traceback" not in missing.stderr

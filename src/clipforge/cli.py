@@ -12,7 +12,7 @@ from typing import Optional
 
 import typer
 
-from .errors import ClipforgeError
+from .errors import ClipforgeError, DataError
 
 app = typer.Typer(
     name="clipforge",
@@ -173,6 +173,38 @@ def eval_shift(model: str = _MODEL, data: str = _DATA, out: Path = _OUT, templat
 
 
 # --- search ---
+data_app = typer.Typer(help="Build the real image-caption data sets (OpenMoji, Tux Paint, Openclipart).", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("build")
+def data_build(
+    name: str = typer.Argument(..., help="openmoji, tuxpaint or openclipart."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the WebDataset shards and manifest.json."),
+    image_size: int = typer.Option(64, "--image-size", help="Rendered image side in pixels."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Take this many images spread over the whole set."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Rendering processes (default: the usable cores)."),
+    force: bool = typer.Option(False, "--force", help="Rebuild even when a build with these parameters exists."),
+) -> None:
+    """Render a data set into train / val / held-out WebDataset shards (cached: reused when current)."""
+    from .datasets import build_dataset
+    from .datasets.manifest import describe
+
+    manifest = build_dataset(name, out, image_size=image_size, limit=limit, workers=workers, force=force)
+    typer.echo(describe(manifest))
+
+
+@data_app.command("info")
+def data_info(root: Path = typer.Argument(..., help="A data set folder (with manifest.json).")) -> None:
+    """Show what a built data set holds: images and concepts per split, shards, skipped files."""
+    from .datasets.manifest import describe, read_manifest
+
+    manifest = read_manifest(root)
+    if manifest is None:
+        raise DataError(f"{root} holds no data set (no manifest.json); build one with: clipforge data build NAME --out {root}")
+    typer.echo(describe(manifest))
+
+
 index_app = typer.Typer(help="Build and update a semantic image search index (FAISS + SQLite).", no_args_is_help=True)
 app.add_typer(index_app, name="index")
 _BATCH = typer.Option(64, "--batch-size", help="Images per model batch (and per committed transaction).")

@@ -109,3 +109,15 @@ def class_names(manifest: Manifest, split: str = "heldout") -> list[str]:
         raise DataError(f"the {manifest.name} data set in {manifest.root} has no concepts in its {split!r} split; "
                         "rebuild it with a larger holdout_fraction/val_fraction or without a limit")  # fmt: skip
     return list(names)
+
+
+def describe(manifest: Manifest) -> str:
+    """A few lines for people: what the data set holds, split by split."""
+    lines = [f"{manifest.name} in {manifest.root}: {manifest.image_size} px, built in {manifest.seconds:.1f} s",
+             f"source: {manifest.source}; licence: {manifest.licence}"]  # fmt: skip
+    for split in SPLITS:
+        lines.append(f"  {split:8s} {manifest.counts.get(split, 0):6,} images  "
+                     f"{len(manifest.concepts.get(split, [])):5,} concepts  {len(manifest.shards.get(split, []))} shard(s)")  # fmt: skip
+    if manifest.skipped:
+        lines.append("skipped: " + ", ".join(f"{why} {n:,}" for why, n in sorted(manifest.skipped.items())))
+    return "\n".join(lines)

@@ -15,6 +15,7 @@ import re
 import warnings
 from collections import Counter
 from pathlib import Path
+from typing import Callable
 
 from PIL import Image
 
@@ -134,11 +135,18 @@ def _tuxpaint_plan(root: Path, limit: int | None) -> Plan:
 def build_tuxpaint(out_dir: str | Path, image_size: int = 64, holdout_fraction: float = 0.1,
                    val_fraction: float = 0.05, force: bool = False, limit: int | None = None,
                    workers: int | None = None, root: Path = TUXPAINT_DIR) -> Manifest:  # fmt: skip
-    check_params(image_size, holdout_fraction, val_fraction, limit)
     _require(root, "tuxpaint-stamps-default", "Tux Paint stamps")
+    return _build(out_dir, root, _tuxpaint_plan, image_size, holdout_fraction, val_fraction, force, limit, workers)
+
+
+def _build(out_dir: str | Path, root: Path, make_plan: Callable[[Path, int | None], Plan], image_size: int,
+           holdout_fraction: float, val_fraction: float, force: bool, limit: int | None,
+           workers: int | None) -> Manifest:  # fmt: skip
+    """Both clip-art builders: check, then build or reuse the build with these parameters."""
+    check_params(image_size, holdout_fraction, val_fraction, limit)
     params = {"image_size": image_size, "holdout_fraction": holdout_fraction, "val_fraction": val_fraction,
               "limit": limit, "builder_version": BUILDER_VERSION, "root": str(root)}  # fmt: skip
-    return build_cached(out_dir, params, lambda: _tuxpaint_plan(root, limit), force=force, workers=workers)
+    return build_cached(out_dir, params, lambda: make_plan(root, limit), force=force, workers=workers)
 
 
 # --- Openclipart -------------------------------------------------------------------------------
@@ -169,8 +177,5 @@ def _openclipart_plan(root: Path, limit: int | None) -> Plan:
 def build_openclipart(out_dir: str | Path, image_size: int = 64, holdout_fraction: float = 0.1,
                       val_fraction: float = 0.05, force: bool = False, limit: int | None = None,
                       workers: int | None = None, root: Path = OPENCLIPART_DIR) -> Manifest:  # fmt: skip
-    check_params(image_size, holdout_fraction, val_fraction, limit)
     _require(root, "openclipart-png", "Openclipart")
-    params = {"image_size": image_size, "holdout_fraction": holdout_fraction, "val_fraction": val_fraction,
-              "limit": limit, "builder_version": BUILDER_VERSION, "root": str(root)}  # fmt: skip
-    return build_cached(out_dir, params, lambda: _openclipart_plan(root, limit), force=force, workers=workers)
+    return _build(out_dir, root, _openclipart_plan, image_size, holdout_fraction, val_fraction, force, limit, workers)

@@ -36,7 +36,7 @@ def test_clip_score_equals_torchmetrics_on_the_converted_model(tmp_path: Path) -
     images = _images(4)  # already at the model's size: both preprocessings only normalise
     captions = ["a photo of a cat", "a red square", "two dogs playing", "an emoji of a rocket"]
     metric = CLIPScore(model_name_or_path=str(hf_dir))
-    pixels = torch.stack([torch.from_numpy(__import__("numpy").asarray(im)).permute(2, 0, 1) for im in images])
+    pixels = torch.stack([torch.from_numpy(np.array(im)).permute(2, 0, 1) for im in images])
     expected = metric(pixels, captions).item()
     ours = clip_score(model, images, captions, convention="torchmetrics").item()
     assert ours == pytest.approx(expected, abs=1e-3)

@@ -124,7 +124,8 @@ def _prepare_out_dir(out_dir: str | Path) -> Path:
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise ClipforgeError(f"cannot create the output directory {out_dir} ({e.strerror}); choose another --out") from None
+        message = f"cannot create the output directory {out_dir} ({e.strerror}); choose another --out"
+        raise ClipforgeError(message) from None
     return out_dir
 
 

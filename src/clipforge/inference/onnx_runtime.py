@@ -123,7 +123,9 @@ class OnnxEngine:
 
     def _need(self, session, tower: str, filename: str):
         if session is None:
-            raise ClipforgeError(f"{self.dir} has no {tower} tower ({filename}); export it with towers including {tower!r}")
+            raise ClipforgeError(
+                f"{self.dir} has no {tower} tower ({filename}); export it with towers including {tower!r}"
+            )
         return session
 
 

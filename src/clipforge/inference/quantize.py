@@ -42,8 +42,8 @@ def quantize_int8(
     """Write int8 copies of the towers in ``onnx_dir`` (an ``export_onnx`` folder) to ``out_dir``.
 
     ``per_channel``: one scale per output column of each weight instead of one per matrix;
-    it keeps the text features closer to float32 (cosine 0.9995 vs 0.9993 on ViT-B-32) at no
-    measurable speed cost. Returns ``{"image": path, "text": path, "meta": path}``.
+    it keeps the text features closer to float32 (min cosine 0.9994 vs 0.9993 on ViT-B-32) for
+    about 2% of speed (measured, one thread). Returns ``{"image": path, "text": path, "meta": path}``.
     """
     meta = read_onnx_meta(onnx_dir)
     if meta.get("quantization"):
@@ -51,7 +51,9 @@ def quantize_int8(
     src, out = Path(onnx_dir), _prepare_out_dir(out_dir)
     if out.resolve() == src.resolve():
         raise ClipforgeError("the int8 output folder must differ from the float32 one; give another out_dir")
-    paths = {tower: _quantize_file(src / name, out / name, per_channel, op_types) for tower, name in meta["files"].items()}
+    paths = {
+        tower: _quantize_file(src / name, out / name, per_channel, op_types) for tower, name in meta["files"].items()
+    }
     meta["quantization"] = {"kind": "dynamic int8", "per_channel": per_channel, "op_types": list(op_types)}
     paths["meta"] = write_meta(meta, out)
     return paths

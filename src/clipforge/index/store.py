@@ -35,7 +35,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from ..errors import IndexError_
-from .ann import AnnIndex, calibrate_nprobe, choose_kind
+from .ann import AnnIndex, build, choose_kind
 from .embed import ImageRecord
 from .filters import SearchFilter
 
@@ -43,7 +43,7 @@ __all__ = ["FORMAT_VERSION", "Item", "AddResult", "IndexStore"]
 
 FORMAT_VERSION = "1"
 # A filtered subset this small is scored exactly from its stored vectors: cheaper than an
-# IVF search with a selector, and exact by construction.
+# IVF or pqfs search with a selector, and exact by construction.
 EXACT_SUBSET = 20_000
 # Rebuild (retrain) an IVF index when the collection has grown this much since training.
 RETRAIN_GROWTH = 4.0
@@ -254,22 +254,20 @@ class IndexStore:
         """Build FAISS afresh from the vectors in SQLite (kind by size unless given), then save."""
         with self._lock:
             ids, vectors = self.all_vectors()
-            chosen = choose_kind(len(ids), kind or self.info.get("kind", "auto"))
-            ann = AnnIndex.empty(self.dim, chosen, train=vectors if chosen == "ivf" else None)
-            ann.add(vectors, ids)
-            nprobe, recall = calibrate_nprobe(ann, vectors, ids)
+            ann, recall = build(vectors, ids, kind or self.info.get("kind", "auto"))
             self.ann, self._dirty = ann, True
-            self._set_info(ann_kind=chosen, nprobe=str(nprobe), trained_on=str(len(ids)), calibrated_recall=str(recall))
+            self._set_info(ann_kind=ann.kind, nprobe=str(ann.nprobe), trained_on=str(len(ids)), calibrated_recall=str(recall))
             self.flush()
 
     def optimize(self) -> bool:
-        """Rebuild when the size calls for another kind, or an IVF index has outgrown its
-        training (see RETRAIN_GROWTH). Returns whether it rebuilt."""
+        """Rebuild when the size calls for another kind, or a trained (IVF, pqfs) index has
+        outgrown its training (see RETRAIN_GROWTH). Returns whether it rebuilt."""
         with self._lock:
             n = self.count()
             want = choose_kind(n, self.info.get("kind", "auto"))
             trained = int(self.info.get("trained_on", 0) or 0)
-            if want != self.ann.kind or (want == "ivf" and n > RETRAIN_GROWTH * max(trained, 1)):
+            same = want == self.ann.kind or (want, self.ann.kind) == ("ivf", "pqfs")  # build's own choice
+            if not same or (want != "flat" and n > RETRAIN_GROWTH * max(trained, 1)):
                 self.rebuild()
                 return True
             return False
@@ -450,7 +448,7 @@ class IndexStore:
             want = min(k, available)
             if want == 0:
                 return []
-            if self.ann.kind == "ivf" and allowed is not None and len(allowed) <= self.exact_subset:
+            if self.ann.kind != "flat" and allowed is not None and len(allowed) <= self.exact_subset:
                 return self._exact(query, want, allowed)
             return self._ann_search(query, want, allowed)
 

@@ -52,6 +52,22 @@ def test_pqfs_recall_vs_exact_on_fresh_queries(pqfs, data) -> None:
     assert (full == truth_ids(vectors, ids, queries[:20])).all()
 
 
+def test_pqfs_exhaustive_rerank_without_gathering(pqfs, data, monkeypatch) -> None:
+    import clipforge.index.ann as ann
+
+    vectors, ids, queries = data
+    monkeypatch.setattr(ann, "RERANK_BYTES", 1024)  # too small to gather: every row is scored
+    found = pqfs.search(queries[:5], 10, nprobe=pqfs.max_effort(10))[1]
+    assert (found == truth_ids(vectors, ids, queries[:5])).all()
+
+
+def test_empty_pqfs_returns_no_results(data) -> None:
+    vectors, _, queries = data
+    empty = AnnIndex.empty(64, "pqfs", train=vectors)
+    scores, found = empty.search(queries[:3], 10)
+    assert found.shape == (3, 10) and (found == -1).all() and empty.ntotal == 0
+
+
 def test_pqfs_deletes_by_tombstone_then_compacts(pqfs, data) -> None:
     vectors, ids, queries = data
     gone = truth_ids(vectors, ids, queries[:50], 1)[:, 0]  # each query's best match

@@ -268,6 +268,8 @@ class PQScanIndex(AnnIndex):
         """(q, dim) -> scores (q, k), ids (q, k); id -1 marks 'no more results'."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         want = min(k, self.ntotal if allowed is None else len(allowed))
+        if want == 0:
+            return np.full((len(queries), k), _NO_SCORE, dtype=np.float32), np.full((len(queries), k), -1, dtype=np.int64)
         fetch = k * int(nprobe or self.nprobe)
         while True:  # tombstones and filters take candidate places: fetch more until k remain
             rows = self._candidates(queries, fetch, allowed)  # (q, fetch) rows, -1 where none
@@ -276,7 +278,7 @@ class PQScanIndex(AnnIndex):
             fetch *= 4
 
     def _candidates(self, queries: np.ndarray, fetch: int, allowed: np.ndarray | None) -> np.ndarray:
-        rows = self.fast.search(queries, min(fetch, len(self.row_ids)))[1]  # (q, fetch)
+        rows = self.fast.search(queries, max(1, min(fetch, len(self.row_ids))))[1]  # (q, fetch)
         ok = rows >= 0
         ok[ok] = ~self.dead[rows[ok]]
         if allowed is not None:
@@ -321,6 +323,7 @@ def _sample(vectors: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
         return np.ascontiguousarray(vectors, dtype=np.float32)
     rows = np.random.default_rng(seed).choice(len(vectors), n, replace=False)
     return np.ascontiguousarray(vectors[np.sort(rows)], dtype=np.float32)
+
 
 def exact_top_k(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
     """Row positions (q, k) of the exact top-k inner products (FAISS flat, multithreaded)."""

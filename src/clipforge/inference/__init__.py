@@ -1,6 +1,7 @@
 """Fast, batched embedding of images and texts: the engine (``Engine``), in memory
 (``embed_images``, ``embed_texts``) or streamed into resumable shards on disk
-(``embed_collection``).
+(``embed_collection``); ONNX export (``export_onnx``), its onnxruntime runner (``OnnxEngine``) and
+int8 quantisation (``quantize_int8``, ``quantization_cost``).
 
 Names load on first use: ``clipforge.index`` builds on the engine and this package's embedding
 loops build on ``clipforge.index``'s image reading, so eager imports here would be circular.
@@ -22,6 +23,10 @@ _EXPORTS = {
     "embed_collection": "stream",
     "open_images": "stream",
     "open_texts": "stream",
+    "OnnxEngine": "onnx_runtime",
+    "export_onnx": "onnx_export",
+    "quantize_int8": "quantize",
+    "quantization_cost": "quantize",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -115,7 +115,7 @@ def ann_rows(data, queries, ids, truth, batch: int, requested: str) -> list[dict
     chosen, rows = ann.nprobe, []
     name = f"ivf nlist={ann.nlist}" if ann.kind == "ivf" else ann.kind
     for effort in _efforts(ann, chosen):
-        row = measure(lambda q: ann.search(q, K, nprobe=effort)[1], queries, truth, batch)
+        row = measure(lambda q, e=effort: ann.search(q, K, nprobe=e)[1], queries, truth, batch)
         rows.append({"index": name, "effort": effort, "chosen": effort == chosen, "build s": build_s,
                      "calibration recall": calibrated, "memory MB": _memory_mb(ann), **row})  # fmt: skip
     return rows
@@ -148,7 +148,7 @@ def refine_rows(data, queries, truth, batch: int, spec: str) -> list[dict]:
     rows = []
     for factor in (16, 64, 256, 1024):
         params = faiss.IndexRefineSearchParameters(k_factor=factor)
-        row = measure(lambda q: index.search(q, K, params=params)[1] + 1, queries, truth, batch, single_limit=100)  # ids = row + 1
+        row = measure(lambda q, p=params: index.search(q, K, params=p)[1] + 1, queries, truth, batch, single_limit=100)  # ids = row + 1
         rows.append({"index": f"{spec} + exact re-rank", "effort": factor, "build s": build_s,
                      "memory MB": len(data) * (4 * data.shape[1] + code) / 2**20, **row})  # fmt: skip
     return rows
@@ -167,7 +167,7 @@ def hnsw_rows(data, queries, batch: int, m: int = 32) -> list[dict]:
     rows = []
     for ef in (128, 512, 1024, 2048, 4096):
         params = faiss.SearchParametersHNSW(efSearch=ef)
-        row = measure(lambda q: index.search(q, K, params=params)[1], queries, truth, batch, single_limit=100)
+        row = measure(lambda q, p=params: index.search(q, K, params=p)[1], queries, truth, batch, single_limit=100)
         rows.append({"index": f"hnsw M={m} efC=100", "n": len(data), "effort": ef, "build s": build_s,
                      "memory MB": len(data) * (4 * data.shape[1] + 8 * m) / 2**20, **row})  # fmt: skip
     return rows

@@ -4,8 +4,8 @@ the SQLite row ids (stable, deletable).
 
 Why IVF and not HNSW for large collections: FAISS's HNSW cannot remove vectors, and the index
 must support ``delete`` without a rebuild; IVF removes by id and honours ``IDSelector`` filters.
-HNSW also loses on unstructured data: on 100k uniform 512-d vectors it needs efSearch 2048
-(13.6 ms/query) for recall@10 0.965, slower than exact search (see bench/search_scale.py).
+HNSW also loses on unstructured data: on 100k uniform 512-d vectors (M=32) it needs efSearch
+2048, ~10 ms/query, for recall@10 0.95: slower than exact search (bench/search_scale.py --explore).
 The search effort (``nprobe``) is not guessed: ``calibrate_nprobe`` measures recall@10 against
 exact search on queries drawn near the stored vectors and takes the smallest value that reaches
 the target. When IVF would have to probe more than 1/16 of its lists, it scans more bytes than

@@ -218,7 +218,7 @@ def index_build(
     source: Path = typer.Argument(..., help="A folder of images (recursive; caption from IMAGE.txt beside each) or one image."),
     model: str = typer.Option(..., "--model", "-m", help="Checkpoint file or published name (e.g. ViT-B/32)."),
     out: Path = typer.Option(..., "--out", "-o", help="Index folder to create."),
-    kind: str = typer.Option("auto", "--kind", help="auto (exact below 50k images, IVF above), flat or ivf."),
+    kind: str = typer.Option("auto", "--kind", help="auto (exact below 50k images, IVF above, exhaustive 4-bit PQ fast scan + exact re-rank when IVF cannot keep recall), flat, ivf or pqfs."),
     batch_size: int = _BATCH, workers: int = _WORKERS, near_duplicate: Optional[float] = _NEAR_DUP, tag: list[str] = _TAGS,
 ) -> None:
     """Embed every image under SOURCE into a new index."""

@@ -22,6 +22,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import DataError, IndexError_
+from .batching import MicroBatcher
 from ..models.clip import CLIP
 from ..inference.engine import Engine, EngineConfig, Precision
 from ..transforms import Preprocess
@@ -221,6 +222,16 @@ class Embedder:
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
+        self._text_batcher: MicroBatcher[str, np.ndarray] | None = None
+
+    def batch_texts(self, max_batch: int = 64) -> None:
+        """Embed concurrent ``text`` calls (a service's queries) together, in micro-batches."""
+        if self._text_batcher is None:
+            self._text_batcher = MicroBatcher(self.texts, max_batch, "clipforge-text")
+
+    def close(self) -> None:
+        if self._text_batcher is not None:
+            self._text_batcher.close()
 
     def texts(self, texts: Sequence[str]) -> np.ndarray:
         """texts -> (n, embed_dim) float32, L2-normalised (long texts are truncated)."""
@@ -232,7 +243,7 @@ class Embedder:
             if hit is not None:
                 self._cache.move_to_end(text)
                 return hit
-        vector = self.texts([text])[0]
+        vector = self._text_batcher(text) if self._text_batcher is not None else self.texts([text])[0]
         with self._lock:
             self._cache[text] = vector
             if len(self._cache) > self._cache_size:

@@ -16,7 +16,8 @@ Routes (all documented at /docs and /openapi.json):
     POST /api/score                      CLIPScore of an uploaded image and captions
     POST /knn-service, GET /indices-list, POST /metadata    clip-retrieval's back-end API
 
-Model inference and FAISS run in sync handlers, i.e. in the server's thread pool.
+Model inference and FAISS run in sync handlers, i.e. in the server's thread pool; concurrent
+queries meet in micro-batches (index/batching.py) for the text tower and unfiltered searches.
 """
 
 from __future__ import annotations
@@ -65,18 +66,21 @@ class Settings:
 def create_app(
     index: str | Path, *, token: str | None = None, concepts: str | Path | None = None,
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, max_pixels: int = MAX_IMAGE_PIXELS,
-    cors_origins: tuple[str, ...] = (), searcher: Searcher | None = None,
+    cors_origins: tuple[str, ...] = (), searcher: Searcher | None = None, batch_queries: bool = True,
 ) -> FastAPI:  # fmt: skip
-    """The app over the index at ``index`` (opened now, with its write lock; closed at shutdown)."""
+    """The app over the index at ``index`` (opened now, with its write lock; closed at shutdown).
+    ``batch_queries``: concurrent queries are embedded and searched in micro-batches."""
     from .knn import router as knn_router
 
     searcher = searcher or open_searcher(index, concepts=concepts)
     searcher.max_pixels = max_pixels
+    if batch_queries:
+        searcher.batch_concurrent_queries()
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
         yield
-        searcher.store.close()
+        searcher.close()
 
     app = FastAPI(title="clipforge search", version=__version__, lifespan=lifespan,
                   description="Semantic image search over a clipforge index.")  # fmt: skip

@@ -50,9 +50,15 @@ def print_table(title: str, rows: list[dict[str, Any]]) -> None:
     from rich.table import Table
 
     table = Table(title=title)
-    columns = list(rows[0]) if rows else []
+    columns = list(dict.fromkeys(k for row in rows for k in row))  # rows may lack columns (RN50: no text)
     for col in columns:
         table.add_column(col)
     for row in rows:
-        table.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.values()))
+        table.add_row(*(_cell(row.get(col)) for col in columns))
     Console(width=max(120, 14 * len(columns))).print(table)  # wide tables wrap unreadably at 80
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

@@ -12,7 +12,11 @@ not stored ones. Two timings, never mixed:
   comes from parallel requests), median over up to 300 queries;
 - ``batched ms/query``: throughput mode, wall time / queries when micro-batches of ``--batch``
   queries are searched together on every core; a request then waits for its whole batch
-  (``batch latency ms``). A service would need a micro-batcher to get this.
+  (``batch latency ms``);
+- ``served ms/query`` (the chosen effort and exact flat search): as ``clipforge serve`` runs
+  queries, ``--clients`` threads each send one query at a time through the service's
+  micro-batcher (``clipforge.index.batching``), which searches whatever queued up while the
+  previous batch ran: wall time / queries, with each request's p50 / p99 latency.
 
 ``effort`` is nprobe for IVF, candidates re-ranked per result (k_factor) for pqfs and the
 refine indexes, efSearch for HNSW. ``--explore`` adds the alternatives that lost (HNSW at
@@ -29,6 +33,7 @@ import gc
 import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -88,13 +93,36 @@ def measure(search, queries, truth, batch: int, single_limit: int = 300) -> dict
     return {"recall@10": recall(found, truth), "ms/query": single, "batched ms/query": many, "batch latency ms": many * batch}
 
 
+def served(search, queries: np.ndarray, clients: int) -> dict:
+    """``clients`` threads, one query at a time each, through the service's micro-batcher."""
+    from clipforge.index.batching import MicroBatcher
+
+    batcher = MicroBatcher(lambda qs: list(search(np.stack(qs))), max_batch=64)
+
+    def client(part: np.ndarray) -> list[float]:
+        latencies = []
+        for q in part:
+            start = time.perf_counter()
+            batcher(q)
+            latencies.append(time.perf_counter() - start)
+        return latencies
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        latencies = [t for part in pool.map(client, np.array_split(queries, clients)) for t in part]
+    wall = time.perf_counter() - start
+    batcher.close()
+    return {"served ms/query": 1000 * wall / len(queries), "served p50 ms": 1000 * float(np.median(latencies)),
+            "served p99 ms": 1000 * float(np.percentile(latencies, 99)), "served mean batch": batcher.requests / batcher.batches}  # fmt: skip
+
+
 def recall(found: np.ndarray, truth: np.ndarray) -> float:
     from clipforge.index.ann import recall_at_k
 
     return recall_at_k(found, truth)
 
 
-def exact(data: np.ndarray, queries: np.ndarray, ids: np.ndarray, batch: int) -> tuple[np.ndarray, dict]:
+def exact(data: np.ndarray, queries: np.ndarray, ids: np.ndarray, batch: int, clients: int) -> tuple[np.ndarray, dict]:
     """Ground truth (q, K) ids and the row for exact flat search (FAISS IndexFlatIP)."""
     import faiss
 
@@ -102,10 +130,11 @@ def exact(data: np.ndarray, queries: np.ndarray, ids: np.ndarray, batch: int) ->
     flat.add(data)
     truth = ids[flat.search(queries, K)[1]]
     row = measure(lambda q: ids[flat.search(q, K)[1]], queries, truth, batch, single_limit=20)
+    row.update(served(lambda q: ids[flat.search(q, K)[1]], queries, clients))
     return truth, {"index": "flat (exact)", "effort": 0, "build s": 0.0, "memory MB": data.nbytes / 2**20, **row}
 
 
-def ann_rows(data, queries, ids, truth, batch: int, requested: str) -> list[dict]:
+def ann_rows(data, queries, ids, truth, batch: int, requested: str, clients: int) -> list[dict]:
     """clipforge's own choice, as the store builds it, swept over its search effort."""
     from clipforge.index.ann import build
 
@@ -116,6 +145,8 @@ def ann_rows(data, queries, ids, truth, batch: int, requested: str) -> list[dict
     name = f"ivf nlist={ann.nlist}" if ann.kind == "ivf" else ann.kind
     for effort in _efforts(ann, chosen):
         row = measure(lambda q, e=effort: ann.search(q, K, nprobe=e)[1], queries, truth, batch)
+        if effort == chosen:
+            row.update(served(lambda q, e=effort: ann.search(q, K, nprobe=e)[1], queries, clients))
         rows.append({"index": name, "effort": effort, "chosen": effort == chosen, "build s": build_s,
                      "calibration recall": calibrated, "memory MB": _memory_mb(ann), **row})  # fmt: skip
     return rows
@@ -212,8 +243,8 @@ def run(name: str, data: np.ndarray, queries: np.ndarray, args) -> list[dict]:
 
     faiss.omp_set_num_threads(THREADS)
     ids = np.arange(1, len(data) + 1, dtype=np.int64)  # like SQLite row ids
-    truth, flat = exact(data, queries, ids, args.batch)
-    rows = [flat] + ann_rows(data, queries, ids, truth, args.batch, args.kind)
+    truth, flat = exact(data, queries, ids, args.batch, args.clients)
+    rows = [flat] + ann_rows(data, queries, ids, truth, args.batch, args.kind, args.clients)
     gc.collect()
     if args.explore and name == "uniform":
         rows += bf16_rows(data, queries, truth, args.batch)
@@ -229,7 +260,8 @@ def run(name: str, data: np.ndarray, queries: np.ndarray, args) -> list[dict]:
     return rows
 
 
-SHOWN = ("distribution", "n", "index", "effort", "chosen", "recall@10", "ms/query", "batched ms/query", "build s", "memory MB")
+SHOWN = ("distribution", "n", "index", "effort", "chosen", "recall@10", "ms/query", "batched ms/query", "served ms/query",
+         "served p99 ms", "build s", "memory MB")  # fmt: skip
 
 
 def main() -> None:
@@ -238,6 +270,7 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--batch", type=int, default=100, help="micro-batch size of the throughput mode")
+    parser.add_argument("--clients", type=int, default=32, help="concurrent clients of the served mode")
     parser.add_argument("--kind", default="auto", help="index kind requested from build (auto, ivf, pqfs)")
     parser.add_argument("--distributions", default="clustered,uniform")
     parser.add_argument("--explore", action="store_true", help="also measure the alternatives that lost")
@@ -255,12 +288,12 @@ def main() -> None:
         rows += run(name, data, queries, args)
         del data
         gc.collect()
-        print_table(f"{name}: {args.n:,} x {args.dim}-d", [{k: r[k] for k in SHOWN} for r in rows if r["distribution"] == name])
+        print_table(f"{name}: {args.n:,} x {args.dim}-d", [{k: r.get(k) for k in SHOWN} for r in rows if r["distribution"] == name])
     chosen = [r for r in rows if r["chosen"]]
     goal = {"recall@10": 0.95, "ms/query": 2.0}
     path = write_results("search_scale", rows, args.out, chosen=chosen, threads_single=1, threads_batched=THREADS,
-                         batch=args.batch, goal=goal)  # fmt: skip
-    print_table("chosen effort (calibrated at build time)", [{k: r[k] for k in SHOWN} for r in chosen])
+                         batch=args.batch, clients=args.clients, goal=goal)  # fmt: skip
+    print_table("chosen effort (calibrated at build time)", [{k: r.get(k) for k in SHOWN} for r in chosen])
     print(f"wrote {path}")
 
 

@@ -1,7 +1,8 @@
 """Load on the search service: 200 concurrent clients (asyncio + httpx) against a real
-`clipforge serve` process on 127.0.0.1 for a fixed time, mixed queries. Reports errors, p50/p99
-latency and queries/s, next to the same queries run in-process through the library (the peer:
-what HTTP, JSON and concurrency cost), in the same run.
+`clipforge serve` process on 127.0.0.1 for a fixed time, mixed queries, once with the service's
+micro-batching off and once on. Reports errors, p50/p99 latency and queries/s, next to the same
+queries run in-process through the library (the peer: what HTTP, JSON and concurrency cost), in
+the same run.
 
     python bench/serve_load.py [--clients 200] [--seconds 20] [--images 500] [--out bench/results/serve_load.json]
 
@@ -139,11 +140,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(index: Path, port: int, log: Path) -> subprocess.Popen:
+def start_server(index: Path, port: int, log: Path, batch: bool) -> subprocess.Popen:
     import httpx
 
     proc = subprocess.Popen([sys.executable, "-m", "clipforge", "serve", str(index), "--port", str(port), "--host", "127.0.0.1",
-                             "--log-level", "warning"], stdout=open(log, "wb"), stderr=subprocess.STDOUT)  # fmt: skip
+                             "--log-level", "warning", "--batch-queries" if batch else "--no-batch-queries"],
+                            stdout=open(log, "wb"), stderr=subprocess.STDOUT)  # fmt: skip
     for _ in range(600):
         try:
             if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
@@ -154,6 +156,24 @@ def start_server(index: Path, port: int, log: Path) -> subprocess.Popen:
             break
     proc.kill()
     raise SystemExit(f"server did not start: {log.read_text()[-2000:]}")
+
+
+def load_server(index: Path, args, batch: bool, log: Path) -> tuple[dict, dict, int]:
+    """Start `clipforge serve` (micro-batching on or off), load it, stop it -> row, errors, bad log lines."""
+    port = free_port()
+    proc = start_server(index, port, log, batch)
+    try:
+        server_cpu, client_cpu = cpu_seconds(proc.pid), time.process_time()
+        served, errors = asyncio.run(load(f"http://127.0.0.1:{port}", args.clients, args.seconds, args.images))
+        done = max(served["requests"], 1)
+        served["server CPU ms/req"] = 1000 * (cpu_seconds(proc.pid) - server_cpu) / done
+        served["client CPU ms/req"] = 1000 * (time.process_time() - client_cpu) / done
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    served["setup"] += ", micro-batched" if batch else ", one query at a time"
+    bad = [line for line in log.read_text().splitlines() if "Traceback" in line or " 500 " in line]
+    return served, errors, len(bad)
 
 
 def main() -> None:
@@ -174,24 +194,17 @@ def main() -> None:
         index = tmp / "idx"
         build_index(tmp / "images", str(model), index, workers=0)
         peer = library_peer(index, args.images, min(args.seconds, 10.0))
-        port = free_port()
-        proc = start_server(index, port, tmp / "server.log")
-        try:
-            server_cpu, client_cpu = cpu_seconds(proc.pid), time.process_time()
-            served, errors = asyncio.run(load(f"http://127.0.0.1:{port}", args.clients, args.seconds, args.images))
-            done = max(served["requests"], 1)
-            served["server CPU ms/req"] = 1000 * (cpu_seconds(proc.pid) - server_cpu) / done
-            served["client CPU ms/req"] = 1000 * (time.process_time() - client_cpu) / done
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=60)
-        server_errors = [line for line in (tmp / "server.log").read_text().splitlines() if "Traceback" in line or " 500 " in line]
-    served["qps ratio vs library"] = served["queries/s"] / peer["queries/s"]
-    rows = [peer, served]
+        rows, errors, server_errors = [peer], {}, 0
+        for batch in (False, True):
+            row, errs, bad_lines = load_server(index, args, batch, tmp / f"server-{batch}.log")
+            row["qps ratio vs library"] = row["queries/s"] / peer["queries/s"]
+            rows.append(row)
+            errors.update({f"{row['setup']}: {k}": v for k, v in errs.items()})
+            server_errors += bad_lines
     print_table(f"search service under load ({args.clients} clients, {args.seconds:.0f} s, {args.images} images)", rows)
     if errors:
         print(f"errors by kind: {errors}")
-    path = write_results("serve_load", rows, args.out, errors_by_kind=errors, server_error_lines=len(server_errors),
+    path = write_results("serve_load", rows, args.out, errors_by_kind=errors, server_error_lines=server_errors,
                          clients=args.clients, seconds=args.seconds, images=args.images, cpu_count=os.cpu_count())  # fmt: skip
     print(f"wrote {path}")
 

@@ -287,12 +287,14 @@ def serve_cmd(
     cors: list[str] = typer.Option([], "--cors", help="Origin allowed to query cross-site, e.g. a clip-retrieval front-end (repeatable)."),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level: warning leaves out the access log."),
     threads: int = typer.Option(1, "--threads", help="torch/FAISS threads per request (parallelism comes from concurrent requests)."),
+    batch_queries: bool = typer.Option(True, "--batch-queries/--no-batch-queries",
+                                       help="Run concurrent queries together in micro-batches (text tower and index search)."),
 ) -> None:
     """Serve the search page, JSON API and clip-retrieval's knn-service over INDEX."""
     from .serve.app import serve
 
     serve(index, host=host, port=port, token=token, concepts=concepts, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
-          cors_origins=tuple(cors), log_level=log_level, threads=threads)  # fmt: skip
+          cors_origins=tuple(cors), log_level=log_level, threads=threads, batch_queries=batch_queries)  # fmt: skip
 
 
 # --- ONNX export ---

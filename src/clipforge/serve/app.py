@@ -315,13 +315,15 @@ def score(request: Request, file: UploadFile = File(...), captions: list[str] = 
 def serve(
     index: str | Path, *, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
     concepts: str | Path | None = None, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
-    cors_origins: tuple[str, ...] = (), log_level: str = "info", threads: int = 1,
+    cors_origins: tuple[str, ...] = (), log_level: str = "info", threads: int = 1, batch_queries: bool = True,
 ) -> None:  # fmt: skip
     """Run the service with uvicorn until interrupted (one process: it holds the index's write lock).
 
     ``threads``: torch and FAISS threads per request. The server's parallelism comes from
     concurrent requests; on a busy machine, intra-op thread teams for one small query mostly
     wait for each other (a tiny model's text query: 0.7 ms on one thread, 200 ms on two busy cores).
+    With ``batch_queries`` concurrent queries run as micro-batches on one worker thread each (text
+    tower, index search), which then uses the ``threads``.
     """
     import sys
 
@@ -334,6 +336,7 @@ def serve(
 
     torch.set_num_threads(threads)
     faiss.omp_set_num_threads(threads)
-    app = create_app(index, token=token, concepts=concepts, max_upload_bytes=max_upload_bytes, cors_origins=cors_origins)
+    app = create_app(index, token=token, concepts=concepts, max_upload_bytes=max_upload_bytes, cors_origins=cors_origins,
+                     batch_queries=batch_queries)  # fmt: skip
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
 

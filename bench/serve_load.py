@@ -1,6 +1,7 @@
 """Load on the search service: 200 concurrent clients (asyncio + httpx) against a real
 `clipforge serve` process on 127.0.0.1 for a fixed time, mixed queries, once with the service's
-micro-batching off and once on. Reports errors, p50/p99 latency and queries/s, next to the same
+micro-batching off and once on, from Python clients (asyncio + httpx) and, where installed, from
+wrk (`apt-get install wrk`: a C load generator, so the server rather than the clients is measured). Reports errors, p50/p99 latency and queries/s, next to the same
 queries run in-process through the library (the peer: what HTTP, JSON and concurrency cost), in
 the same run.
 
@@ -16,6 +17,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -128,6 +130,37 @@ async def load(url: str, clients: int, seconds: float, n_items: int) -> tuple[di
     return summary(f"HTTP ({clients} clients)", latencies, sum(errors.values()), elapsed), errors
 
 
+WRK_SCRIPT = """
+local requests = {%s}
+local i = 0
+request = function()
+  i = i + 1
+  local r = requests[(i %% #requests) + 1]
+  return wrk.format("POST", r[1], {["Content-Type"] = "application/json"}, r[2])
+end
+done = function(summary, latency, _)
+  local e = summary.errors
+  io.write(string.format('WRK {"requests": %%d, "seconds": %%f, "errors": %%d, "p50 ms": %%f, "p99 ms": %%f}\\n',
+    summary.requests, summary.duration / 1e6, e.connect + e.read + e.write + e.status + e.timeout,
+    latency:percentile(50) / 1000, latency:percentile(99) / 1000))
+end
+"""
+
+
+def wrk_load(url: str, clients: int, seconds: float, n_items: int, script: Path) -> tuple[dict, dict]:
+    """The same request mix from wrk (a C load generator: the server, not the clients, is measured)."""
+    entries = ", ".join(f"{{[==[{path}]==], [==[{json.dumps(body)}]==]}}" for path, body in (request_for(i, n_items) for i in range(1000)))
+    script.write_text(WRK_SCRIPT % entries)
+    threads = str(min(clients, os.cpu_count() or 1))
+    out = subprocess.run(["wrk", "-t", threads, "-c", str(clients), "-d", f"{seconds:.0f}s", "--timeout", "60s", "-s", str(script), url],
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    stats = json.loads(next(line for line in out.splitlines() if line.startswith("WRK "))[4:])
+    ok = stats["requests"] - stats["errors"]
+    row = {"setup": f"HTTP ({clients} connections, wrk)", "requests": stats["requests"], "errors": stats["errors"],
+           "queries/s": ok / stats["seconds"], "p50 ms": stats["p50 ms"], "p99 ms": stats["p99 ms"]}  # fmt: skip
+    return row, ({"wrk errors": stats["errors"]} if stats["errors"] else {})
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process, from /proc (Linux)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -158,16 +191,21 @@ def start_server(index: Path, port: int, log: Path, batch: bool) -> subprocess.P
     raise SystemExit(f"server did not start: {log.read_text()[-2000:]}")
 
 
-def load_server(index: Path, args, batch: bool, log: Path) -> tuple[dict, dict, int]:
+def load_server(index: Path, args, batch: bool, generator: str, log: Path) -> tuple[dict, dict, int]:
     """Start `clipforge serve` (micro-batching on or off), load it, stop it -> row, errors, bad log lines."""
     port = free_port()
     proc = start_server(index, port, log, batch)
     try:
         server_cpu, client_cpu = cpu_seconds(proc.pid), time.process_time()
-        served, errors = asyncio.run(load(f"http://127.0.0.1:{port}", args.clients, args.seconds, args.images))
+        url = f"http://127.0.0.1:{port}"
+        if generator == "wrk":
+            served, errors = wrk_load(url, args.clients, args.seconds, args.images, log.with_suffix(".lua"))
+        else:
+            served, errors = asyncio.run(load(url, args.clients, args.seconds, args.images))
         done = max(served["requests"], 1)
         served["server CPU ms/req"] = 1000 * (cpu_seconds(proc.pid) - server_cpu) / done
-        served["client CPU ms/req"] = 1000 * (time.process_time() - client_cpu) / done
+        if generator == "httpx":  # wrk runs in its own process
+            served["client CPU ms/req"] = 1000 * (time.process_time() - client_cpu) / done
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
@@ -195,8 +233,11 @@ def main() -> None:
         build_index(tmp / "images", str(model), index, workers=0)
         peer = library_peer(index, args.images, min(args.seconds, 10.0))
         rows, errors, server_errors = [peer], {}, 0
-        for batch in (False, True):
-            row, errs, bad_lines = load_server(index, args, batch, tmp / f"server-{batch}.log")
+        generators = ["httpx"] + (["wrk"] if shutil.which("wrk") else [])
+        if len(generators) == 1:
+            print("wrk not found (apt-get install wrk): Python clients only, which saturate the cores first")
+        for generator, batch in [(g, b) for g in generators for b in (False, True)]:
+            row, errs, bad_lines = load_server(index, args, batch, generator, tmp / f"server-{generator}-{batch}.log")
             row["qps ratio vs library"] = row["queries/s"] / peer["queries/s"]
             rows.append(row)
             errors.update({f"{row['setup']}: {k}": v for k, v in errs.items()})

@@ -246,7 +246,7 @@ def test_cli_resumes_after_sigkill(model, preprocess, tmp_path: Path) -> None:
     for i in range(40):
         picture(i, (40, 40)).save(tmp_path / "many" / f"{i:03d}.png")
     args = ("--model", str(checkpoint), "--images", str(tmp_path / "many"), "--out", str(tmp_path / "out"),
-            "--shard-size", "2", "--batch-size", "1", "--workers", "0")  # fmt: skip
+            "--shard-size", "2", "--batch-size", "1", "--workers", "0", "--precision", "fp32")  # fmt: skip
     run = cli(*args, background=True)
     manifest = tmp_path / "out" / "manifest.json"
     deadline = time.monotonic() + 60

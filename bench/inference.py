@@ -98,14 +98,17 @@ def matmul_limit_contender(gflop_per_image: float, shape: tuple[int, int, int], 
     """Pure GEMMs of the fastest shape, as many FLOPs as the model spends on the given images."""
     m, k, n = shape
     a, b = torch.randn(m, k, dtype=dtype, device=device), torch.randn(k, n, dtype=dtype, device=device)
+    gflop_per_call = 2 * m * k * n / 1e9
+
+    def calls(images: int) -> int:
+        return max(1, round(images * gflop_per_image / gflop_per_call))
 
     def images(x: torch.Tensor) -> torch.Tensor:
-        for _ in range(max(1, round(len(x) * gflop_per_image * 1e9 / (2 * m * k * n)))):
+        for _ in range(calls(len(x))):
             a @ b
         return torch.zeros(len(x), 1)
 
-    calls = max(1, round(32 * gflop_per_image * 1e9 / (2 * m * k * n)))
-    return Contender(LIMIT, images, None, extra={"gflop_b32": calls * 2 * m * k * n / 1e9})
+    return Contender(LIMIT, images, None, extra={"gflop_b32": calls(32) * gflop_per_call})
 
 
 def _timed_calls(fn: Callable[[], Any], seconds: float, device: str) -> tuple[int, float]:

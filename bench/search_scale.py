@@ -129,8 +129,10 @@ def exact(data: np.ndarray, queries: np.ndarray, ids: np.ndarray, batch: int, cl
     flat = faiss.IndexFlatIP(data.shape[1])
     flat.add(data)
     truth = ids[flat.search(queries, K)[1]]
-    row = measure(lambda q: ids[flat.search(q, K)[1]], queries, truth, batch, single_limit=20)
-    row.update(served(lambda q: ids[flat.search(q, K)[1]], queries, clients))
+    def search(q: np.ndarray) -> np.ndarray:
+        return ids[flat.search(q, K)[1]]
+
+    row = measure(search, queries, truth, batch, single_limit=20) | served(search, queries, clients)
     return truth, {"index": "flat (exact)", "effort": 0, "build s": 0.0, "memory MB": data.nbytes / 2**20, **row}
 
 
@@ -144,9 +146,12 @@ def ann_rows(data, queries, ids, truth, batch: int, requested: str, clients: int
     chosen, rows = ann.nprobe, []
     name = f"ivf nlist={ann.nlist}" if ann.kind == "ivf" else ann.kind
     for effort in _efforts(ann, chosen):
-        row = measure(lambda q, e=effort: ann.search(q, K, nprobe=e)[1], queries, truth, batch)
+        def search(q: np.ndarray, e: int = effort) -> np.ndarray:
+            return ann.search(q, K, nprobe=e)[1]
+
+        row = measure(search, queries, truth, batch)
         if effort == chosen:
-            row.update(served(lambda q, e=effort: ann.search(q, K, nprobe=e)[1], queries, clients))
+            row.update(served(search, queries, clients))
         rows.append({"index": name, "effort": effort, "chosen": effort == chosen, "build s": build_s,
                      "calibration recall": calibrated, "memory MB": _memory_mb(ann), **row})  # fmt: skip
     return rows

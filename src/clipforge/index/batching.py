@@ -80,13 +80,13 @@ class MicroBatcher(Generic[T, R]):
                     stop = True
                     break
                 batch.append(item)
+            self.batches += 1
+            self.requests += len(batch)
             self._serve(batch)
             if stop:
                 return
 
     def _serve(self, batch: list[tuple[T, Future]]) -> None:
-        self.batches += 1
-        self.requests += len(batch)
         try:
             results = list(self._run([request for request, _ in batch]))
             if len(results) != len(batch):
@@ -97,8 +97,6 @@ class MicroBatcher(Generic[T, R]):
                 return
             for one in batch:  # which request failed? each alone, so only it fails
                 self._serve([one])
-            self.batches -= len(batch)  # statistics count the batch, not the retries
-            self.requests -= len(batch)
             return
         for (_, future), result in zip(batch, results):
             future.set_result(result)

@@ -22,10 +22,10 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import DataError, IndexError_
-from .batching import MicroBatcher
 from ..models.clip import CLIP
 from ..inference.engine import Engine, EngineConfig, Precision
 from ..transforms import Preprocess
+from .batching import MicroBatcher
 
 __all__ = [
     "IMAGE_SUFFIXES",

@@ -459,10 +459,10 @@ class IndexStore:
             want = min(k, self.ann.ntotal)
             if want == 0:
                 return [[] for _ in queries]
-            scores, ids = self.ann.search(np.asarray(queries, dtype=np.float32).reshape(len(queries), -1), want)
+            scores, ids = self.ann.search(queries, want)  # (q, want) each
             out = []
             for query, row_ids, row_scores in zip(queries, ids, scores):
-                hits = [(int(i), float(s)) for i, s in zip(row_ids, row_scores) if i >= 0]
+                hits = _hits(row_ids, row_scores)
                 out.append(hits if len(hits) >= want else self._ann_search(query, want, None))  # rare: IVF widens
             return out
 
@@ -470,7 +470,7 @@ class IndexStore:
         nprobe = self.ann.nprobe
         while True:
             scores, ids = self.ann.search(query[None], k, allowed, nprobe=nprobe)
-            hits = [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
+            hits = _hits(ids[0], scores[0])
             if len(hits) >= k or self.ann.kind == "flat" or nprobe >= self.ann.nlist:
                 break
             nprobe *= 4  # the probed lists held fewer than k allowed items: look wider
@@ -484,6 +484,11 @@ class IndexStore:
         scores = vectors @ query  # (n,)
         top = np.argsort(-scores, kind="stable")[:k]
         return [(int(ids[i]), float(scores[i])) for i in top]
+
+
+def _hits(ids: np.ndarray, scores: np.ndarray) -> list[tuple[int, float]]:
+    """One FAISS result row -> (id, score) pairs; id -1 marks 'no more results'."""
+    return [(int(i), float(s)) for i, s in zip(ids, scores) if i >= 0]
 
 
 # POSIX record locks (lockf), not flock: a forked child (a DataLoader worker) does not inherit

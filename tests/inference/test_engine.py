@@ -67,7 +67,7 @@ def test_trimmed_sorted_text_batches_equal_the_full_context_run(model) -> None:
 @pytest.mark.skipif(not cpu_supports_bf16(), reason="this CPU has no native bf16")
 def test_bf16_engine_is_within_bf16_rounding_of_fp32(model) -> None:
     engine = Engine(model, EngineConfig(precision="bf16"))
-    assert engine.model.visual.conv1.weight.dtype == torch.bfloat16
+    assert engine.model.text_projection.dtype == torch.bfloat16
     x = _images(model, 6)
     assert _cos_min(engine.encode_images(x), _reference_images(model, x)) >= 0.999
     assert _cos_min(engine.encode_texts(TEXTS), _reference_texts(model, TEXTS)) >= 0.999

@@ -1,7 +1,8 @@
 """Fast, batched embedding of images and texts: the engine (``Engine``), in memory
 (``embed_images``, ``embed_texts``) or streamed into resumable shards on disk
 (``embed_collection``); ONNX export (``export_onnx``), its onnxruntime runner (``OnnxEngine``) and
-int8 quantisation (``quantize_int8``, ``quantization_cost``).
+int8 quantisation (``quantize_int8``, ``quantization_cost``); oneDNN weight packing for bf16 on
+CPUs (``pack_for_inference``, which the engine applies by itself).
 
 Names load on first use: ``clipforge.index`` builds on the engine and this package's embedding
 loops build on ``clipforge.index``'s image reading, so eager imports here would be circular.
@@ -27,6 +28,7 @@ _EXPORTS = {
     "export_onnx": "onnx_export",
     "quantize_int8": "quantize",
     "quantization_cost": "quantize",
+    "pack_for_inference": "packed",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -39,7 +39,7 @@ from ..errors import ClipforgeError, DataError
 from ..index.embed import IMAGE_SUFFIXES, MAX_IMAGE_BYTES, decode_image, list_image_files, read_image_file
 from ..models.clip import CLIP
 from ..transforms import Preprocess
-from .engine import Engine, EngineConfig
+from .engine import Engine, EngineConfig, model_fingerprint
 
 __all__ = [
     "Record",
@@ -338,18 +338,6 @@ class EmbedSummary:
         return self.processed / self.wall_seconds if self.wall_seconds > 0 else 0.0
 
 
-def model_fingerprint(model: CLIP) -> str:
-    """Identifies the weights cheaply: the config plus a strided sample of every tensor (hashing
-    a ViT-L's 1.7 GB would cost seconds on every run)."""
-    h = hashlib.sha256(model.config.to_json().encode())
-    with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            flat = tensor.detach().reshape(-1)
-            sample = flat[:: max(1, flat.numel() // 256)].float().cpu().numpy()
-            h.update(name.encode() + sample.tobytes())
-    return h.hexdigest()[:16]
-
-
 def _emb_path(out: Path, kind: str, shard: int) -> Path:
     prefix = "img" if kind == "image" else "text"
     return out / f"{prefix}_emb" / f"{prefix}_emb_{shard:05d}.npy"
@@ -618,7 +606,7 @@ def _check_arguments(shard_size: int, batch_size: int | None, dtype: str, kind: 
 def _open_out(out: Path, collection: Collection, engine: Engine, shard_size: int, dtype: str, overwrite: bool,
               model_ref: str | None) -> dict:  # fmt: skip
     """Check OUT against this run, keep its finished shards, and write the manifest -> manifest."""
-    settings = _settings(collection, engine, model_fingerprint(engine.model), shard_size, dtype)
+    settings = _settings(collection, engine, engine.fingerprint, shard_size, dtype)
     done = _prepare_out(out, settings, overwrite)
     manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": model_ref, "source": collection.spec,
                 **settings, "shards_total": -(-len(collection) // shard_size), "shards": done,

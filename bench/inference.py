@@ -17,6 +17,10 @@ clipforge's bf16 CPU engine runs; faster than ``a @ b``, so a stricter limit). E
 prints its batch-32 throughput as a percentage of both (model FLOPs counted by
 torch.utils.flop_counter).
 
+Unless ``--default-malloc``, glibc's malloc is set to keep freed memory for the whole process
+(``clipforge.inference.allocator``, as clipforge's ``embed`` and ``serve`` do): with many models in
+one process, its default re-faults tens of MB of activations on every call, for every contender.
+
 All contenders of one cell run side by side, one call each in turn with the order rotating every
 round, so load from other processes falls on all alike; the median call is reported.
 
@@ -391,11 +395,17 @@ def main() -> None:
     parser.add_argument("--no-compile", dest="compile", action="store_false")
     parser.add_argument("--no-onnx", dest="onnx", action="store_false")
     parser.add_argument("--quick", action="store_true", help="fewer rounds and texts (a smoke run)")
+    parser.add_argument("--default-malloc", dest="keep_freed_memory", action="store_false",
+                        help="leave glibc's malloc as it is (it re-faults freed activations on every call)")  # fmt: skip
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     args.archs = args.archs.split(",")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.keep_freed_memory:  # for every contender alike; see clipforge/inference/allocator.py
+        from clipforge.inference.allocator import keep_freed_memory
+
+        print(f"glibc malloc keeps freed memory: {keep_freed_memory()}")
     low = low_dtype(args.device)
     gemm = matmul_gflops(low, args.device)
     fastest = fastest_gemms(gemm)
@@ -409,7 +419,8 @@ def main() -> None:
     print_table(f"Inference ({args.device}, {torch.get_num_threads()} threads)", rows)
     print_table("Goals", summary)
     gflops = {k: v for k, (v, _) in gemm.items()}
-    path = write_results("inference", rows, args.out, matmul_gflops=gflops, matmul_limit_in_rotation=limits, goals=summary)
+    path = write_results("inference", rows, args.out, matmul_gflops=gflops, matmul_limit_in_rotation=limits, goals=summary,
+                         keep_freed_memory=args.keep_freed_memory)  # fmt: skip
     print(f"wrote {path}")
 
 

@@ -12,6 +12,7 @@ from torch import nn
 from clipforge.factory import create_model
 from clipforge.inference.engine import Engine, EngineConfig, cpu_supports_bf16, model_fingerprint
 from clipforge.inference.packed import (
+    PackedLinear,
     PackedPatchEmbedding,
     PackedResidualBlock,
     can_pack,
@@ -62,6 +63,12 @@ def test_packed_block_runs_any_batch_and_length() -> None:
         for b, n in [(1, 1), (1, 50), (7, 3), (64, 77)]:
             x = torch.randn(b, n, 64).bfloat16()
             assert _rel(packed(x, is_causal=True), block(x, is_causal=True)) <= BF16_REL
+
+
+def test_packed_linear_refuses_an_activation_with_a_residual() -> None:
+    layer = PackedLinear(torch.randn(8, 4).bfloat16(), None, "gelu", "none")
+    with pytest.raises(ValueError, match="residual"):
+        layer(torch.randn(2, 4).bfloat16(), residual=torch.randn(2, 8).bfloat16())
 
 
 @pytest.mark.parametrize("size", [64, 70])  # 70: pixels past the last whole patch are dropped, as by the conv

@@ -2,7 +2,8 @@
 (``embed_images``, ``embed_texts``) or streamed into resumable shards on disk
 (``embed_collection``); ONNX export (``export_onnx``), its onnxruntime runner (``OnnxEngine``) and
 int8 quantisation (``quantize_int8``, ``quantization_cost``); oneDNN weight packing for bf16 on
-CPUs (``pack_for_inference``, which the engine applies by itself).
+CPUs (``pack_for_inference``, which the engine applies by itself); ``keep_freed_memory`` tunes
+glibc's malloc for a process that embeds (the CLI's ``embed`` and ``serve`` call it).
 
 Names load on first use: ``clipforge.index`` builds on the engine and this package's embedding
 loops build on ``clipforge.index``'s image reading, so eager imports here would be circular.
@@ -29,6 +30,7 @@ _EXPORTS = {
     "quantize_int8": "quantize",
     "quantization_cost": "quantize",
     "pack_for_inference": "packed",
+    "keep_freed_memory": "allocator",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -37,6 +37,7 @@ def run_embed(
     compile: bool = False,
 ) -> EmbedSummary | Path:
     from ..checkpoint import load
+    from .allocator import keep_freed_memory
     from .engine import Engine, EngineConfig
     from .stream import embed_collection, open_images, open_texts
 
@@ -44,6 +45,7 @@ def run_embed(
         raise ClipforgeError("give exactly one of --images or --texts")
     collection = open_texts(texts) if texts is not None else open_images(images)  # type: ignore[arg-type]
     model, preprocess = load(model_name)
+    keep_freed_memory()  # this process is the embedding job: reuse freed activation memory
     engine = Engine(model, EngineConfig(precision=precision, device=device, compile=compile), copy_model=False)  # type: ignore[arg-type]
     if out.suffix == ".npy":
         return _single_file(engine, preprocess, collection, out, batch_size or 64, workers)

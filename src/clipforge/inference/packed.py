@@ -21,13 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models.layers import QuickGELU, ResidualAttentionBlock, Transformer
+from ..models.layers import QUICK_GELU_ALPHA, QuickGELU, ResidualAttentionBlock, Transformer
 from ..models.vision_transformer import VisionTransformer
 
 __all__ = ["PackedLinear", "PackedPatchEmbedding", "PackedResidualBlock", "can_pack", "pack_for_inference"]
-
-QUICK_GELU_ALPHA = 1.702
-
 
 def can_pack(dtype: torch.dtype, device: torch.device) -> bool:
     """True where oneDNN's packed bf16 linear ops exist and pay off: bf16 on a CPU."""
@@ -45,7 +42,8 @@ class PackedLinear(nn.Module):
     """``y = act(x @ W.T + b)`` or ``y = x @ W.T + b + residual``, on a weight packed for oneDNN.
 
     ``activation`` is a oneDNN post-op name ("none", "gelu", "swish") and ``algorithm`` its
-    variant ("none" = erf GELU, "tanh").
+    variant ("none" = erf GELU, "tanh"). torch's op takes one post-op, so a layer with an
+    activation has no fused residual.
     """
 
     def __init__(
@@ -62,6 +60,8 @@ class PackedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         if residual is not None:  # (..., in) -> (..., out) + residual, in one pass
+            if self.activation != "none":
+                raise ValueError("a packed linear with an activation cannot also add a residual")
             return torch.ops.mkldnn._linear_pointwise.binary(x, residual, self.weight, self.bias, "add")
         return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, self.activation, [], self.algorithm)
 
@@ -72,8 +72,9 @@ class PackedLinear(nn.Module):
 class PackedResidualBlock(nn.Module):
     """A ``ResidualAttentionBlock`` for inference: the same function, on packed weights.
 
-    The layer norms and attention are the original modules' (SDPA reads fp32 scores internally,
-    which a hand-written bf16 attention would not); the four linear layers are packed.
+    The layer norms are the original modules; attention is SDPA, as in ``SelfAttention`` (its CPU
+    kernel keeps the scores in fp32, which a hand-written bf16 attention would not); the four
+    linear layers are packed.
     """
 
     def __init__(self, block: ResidualAttentionBlock) -> None:

@@ -35,11 +35,14 @@ class LayerNorm(nn.LayerNorm):
         return x.to(dtype)
 
 
+QUICK_GELU_ALPHA = 1.702
+
+
 class QuickGELU(nn.Module):
     """x * sigmoid(1.702 x): the GELU approximation OpenAI's released weights were trained with."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.sigmoid(1.702 * x)
+        return x * torch.sigmoid(QUICK_GELU_ALPHA * x)
 
 
 class SelfAttention(nn.Module):

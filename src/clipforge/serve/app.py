@@ -334,8 +334,11 @@ def serve(
     import faiss
     import torch
 
+    from ..inference.allocator import keep_freed_memory
+
     torch.set_num_threads(threads)
     faiss.omp_set_num_threads(threads)
+    keep_freed_memory()  # this process is the service: reuse freed activation memory
     app = create_app(index, token=token, concepts=concepts, max_upload_bytes=max_upload_bytes, cors_origins=cors_origins,
                      batch_queries=batch_queries)  # fmt: skip
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)

@@ -280,3 +280,23 @@ def test_unreadable_images_never_stop_a_build(tmp_path: Path, tiny_checkpoint: P
     report = build_index(src, str(tiny_checkpoint), tmp_path / "idx", workers=0)
     assert report.added == 5 and set(Path(p).name for p in report.unreadable) == {"empty.png", "cut.png"}
     assert "empty file" in report.unreadable[str(src / "empty.png")]
+
+
+def test_read_only_searchers_search_beside_the_writer_and_cannot_write(index_copy: Path) -> None:
+    writer = open_searcher(index_copy)
+    try:
+        expected = writer.search(Query(text="a red circle"), k=5)
+        (index_copy / IndexStore.FAISS).unlink()  # a reader builds FAISS in memory, writes nothing
+        readers = [open_searcher(index_copy, writable=False) for _ in range(2)]
+        try:
+            for reader in readers:
+                got = reader.search(Query(text="a red circle"), k=5)
+                assert [(r.item.id, round(r.score, 5)) for r in got] == [(r.item.id, round(r.score, 5)) for r in expected]
+                with pytest.raises(IndexError_, match="read-only"):
+                    reader.store.delete([expected[0].item.id])
+            assert not (index_copy / IndexStore.FAISS).exists()
+        finally:
+            for reader in readers:
+                reader.store.close()
+    finally:
+        writer.store.close()

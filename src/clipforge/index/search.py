@@ -219,8 +219,11 @@ def _is_flagged(result: Result, only: list[str] | None) -> bool:
 
 
 def open_searcher(index: str | Path, *, concepts: str | Path | None = None, writable: bool = True) -> Searcher:
-    """Open an index with its own model and the moderation concepts (default file if None)."""
-    store = IndexStore.open(index, writable=writable)
+    """Open an index with its own model and the moderation concepts (default file if None).
+
+    ``writable=False`` searches without the write lock (FAISS reconciled in memory), so several
+    read-only searchers can run beside the one process that writes."""
+    store = IndexStore.open(index, writable=writable, searchable=True)
     try:
         embedder = load_embedder(store.model_ref)
         moderator = Moderator(load_concepts(concepts), embedder.texts, float(embedder.model.scale().detach()))

@@ -156,8 +156,12 @@ class IndexStore:
         return store
 
     @classmethod
-    def open(cls, root: str | Path, *, writable: bool = True) -> "IndexStore":
-        """Open an index; ``writable`` takes the write lock and loads + reconciles FAISS."""
+    def open(cls, root: str | Path, *, writable: bool = True, searchable: bool | None = None) -> "IndexStore":
+        """Open an index; ``writable`` takes the write lock and loads + reconciles FAISS.
+
+        ``searchable`` (default: ``writable``) loads FAISS; read-only, it is reconciled with
+        SQLite in memory only (or built in memory if the file is missing or damaged), so any
+        number of read-only processes can search an index while one process writes it."""
         root = Path(root)
         if not (root / cls.SQLITE).is_file():
             raise IndexError_(f"no index at {root}; build one with `clipforge index build SOURCE --model M --out {root}`")
@@ -170,6 +174,8 @@ class IndexStore:
         if writable:
             store._remove_stale_temp_files()
             store._load_ann()
+        elif searchable:  # None: as writable, which is False here
+            store._load_ann_in_memory()
         return store
 
     def close(self) -> None:
@@ -226,15 +232,29 @@ class IndexStore:
         return out
 
     # ---- FAISS cache: load, reconcile, rebuild, flush -----------------------------------
-    def _load_ann(self) -> None:
-        path = self.root / self.FAISS
+    def _read_ann(self) -> AnnIndex | None:
+        """The saved FAISS index, or None when it is missing, truncated or foreign."""
         try:
-            self.ann = AnnIndex.load(path, nprobe=int(self.info.get("nprobe", 1)))
-            if self.ann.dim != self.dim:
-                raise IndexError_(f"{path} holds {self.ann.dim}-d vectors, the index {self.dim}-d")
-        except (RuntimeError, IndexError_, OSError):  # missing, truncated or foreign: rebuild
-            self.rebuild()
+            ann = AnnIndex.load(self.root / self.FAISS, nprobe=int(self.info.get("nprobe", 1)))
+        except (RuntimeError, IndexError_, OSError):
+            return None
+        return ann if ann.dim == self.dim else None
+
+    def _load_ann(self) -> None:
+        ann = self._read_ann()
+        if ann is None:
+            self.rebuild()  # and save
             return
+        self.ann = ann
+        self.reconcile()
+
+    def _load_ann_in_memory(self) -> None:
+        """Read-only: the saved FAISS index made to match SQLite without writing anything."""
+        ann = self._read_ann()
+        if ann is None:
+            ids, vectors = self.all_vectors()
+            ann, _ = build(vectors, ids, self.info.get("kind", "auto"))
+        self.ann = ann
         self.reconcile()
 
     def reconcile(self) -> tuple[int, int]:

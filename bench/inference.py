@@ -1,12 +1,13 @@
 """Inference speed: clipforge's engine (each mode) vs open_clip and transformers, same run, same
 random weights, same inputs, same thread count.
 
-Rows: clipforge fp32 / bf16 / bf16 unpacked (plain F.linear) / bf16 + torch.compile / ONNX Runtime fp32 / ONNX Runtime int8,
-open_clip fp32 / bf16 autocast, transformers CLIPModel fp32 / bf16 weights. Columns: ViT-B/32 and
-RN50 image img/s at batch 1 and 32; text texts/s for short prompts ("a photo of a {class}.") and
-for 77-token texts (from strings: each library's own tokenizer is part of the work); the lowest
-cosine similarity of any feature row to the fp32 reference (clipforge fp32, which equals open_clip
-fp32 to ~1e-7); the peak memory a row adds (resident set, model build + its first calls).
+Rows: clipforge fp32 / bf16 / bf16 unpacked (plain F.linear) / bf16 + torch.compile / ONNX Runtime
+fp32 / ONNX Runtime int8, open_clip fp32 / bf16 autocast, transformers CLIPModel fp32 / bf16
+weights. Columns: ViT-B/32 and RN50 image img/s at batch 1 and 32; text texts/s for short prompts
+("a photo of a {class}.") and for 77-token texts (from strings: each library's own tokenizer is
+part of the work); the lowest cosine similarity of any feature row to the fp32 reference
+(clipforge fp32, which equals open_clip fp32 to ~1e-7); the peak memory a row adds (resident
+set, model build + its first calls).
 
 The bf16 matmul limit is measured in the same run: first on the GEMM shapes of a ViT-B/32 batch
 of 32 and a square one, then, with the fastest shape, as one more contender in the batch-32 image
@@ -104,6 +105,10 @@ def low_dtype(device: str) -> torch.dtype:
     return torch.float16 if device.startswith("cuda") else torch.bfloat16
 
 
+def low_name(device: str) -> str:
+    return "fp16" if device.startswith("cuda") else "bf16"
+
+
 def gemm_layouts(dtype: torch.dtype, device: str) -> list[str]:
     from clipforge.inference.packed import can_pack
 
@@ -190,7 +195,7 @@ def clipforge_rows(model, device: str, compile_: bool, onnx: bool) -> list[tuple
 
         return build
 
-    low = "fp16" if device.startswith("cuda") else "bf16"
+    low = low_name(device)
     rows = [("clipforge fp32", engine("clipforge fp32", precision="fp32")),
             (f"clipforge {low}", engine(f"clipforge {low}", precision=low))]  # fmt: skip
     if gemm_layouts(low_dtype(device), device) != ["plain"]:  # the packed weights' gain, shown
@@ -220,8 +225,7 @@ def onnx_contender(model, int8: bool) -> Contender:
 
 
 def open_clip_rows(model, arch: str, device: str) -> list[tuple[str, Callable[[], Contender]]]:
-    low = low_dtype(device)
-    low_name = "fp16" if low == torch.float16 else "bf16"
+    low, tag = low_dtype(device), low_name(device)
 
     def build(amp: bool) -> Contender:
         import open_clip
@@ -240,18 +244,17 @@ def open_clip_rows(model, arch: str, device: str) -> list[tuple[str, Callable[[]
             return torch.cat([run(lambda: oc.encode_text(tokenizer(strings[i : i + 256]).to(device)))
                               for i in range(0, len(strings), 256)])  # fmt: skip
 
-        name = f"open_clip {low_name} autocast" if amp else "open_clip fp32"
+        name = f"open_clip {tag} autocast" if amp else "open_clip fp32"
         return Contender(name, lambda x: run(lambda: oc.encode_image(x.to(device))), texts)
 
-    return [("open_clip fp32", lambda: build(False)), (f"open_clip {low_name} autocast", lambda: build(True))]
+    return [("open_clip fp32", lambda: build(False)), (f"open_clip {tag} autocast", lambda: build(True))]
 
 
 def transformers_rows(model, device: str) -> list[tuple[str, Callable[[], Contender]]]:
     """transformers' CLIPModel has no ResNet tower: ViTs only."""
     if model.config.vision.is_resnet:
         return []
-    low = low_dtype(device)
-    low_name = "fp16" if low == torch.float16 else "bf16"
+    low, tag = low_dtype(device), low_name(device)
 
     def build(dtype: torch.dtype) -> Contender:
         from transformers import CLIPModel, CLIPTokenizerFast
@@ -276,10 +279,10 @@ def transformers_rows(model, device: str) -> list[tuple[str, Callable[[], Conten
                 out.append(F.normalize(hf.get_text_features(**batch).float(), dim=-1))
             return torch.cat(out)
 
-        name = "transformers fp32" if dtype == torch.float32 else f"transformers {low_name}"
+        name = "transformers fp32" if dtype == torch.float32 else f"transformers {tag}"
         return Contender(name, images, texts)
 
-    return [("transformers fp32", lambda: build(torch.float32)), (f"transformers {low_name}", lambda: build(low))]
+    return [("transformers fp32", lambda: build(torch.float32)), (f"transformers {tag}", lambda: build(low))]
 
 
 # --- workloads ----------------------------------------------------------------------------------
@@ -331,7 +334,7 @@ def cosine_min(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 # --- one architecture ---------------------------------------------------------------------------
-def bench_arch(arch: str, args, gemms: dict[str, Gemm]) -> tuple[list[dict[str, Any]], float]:
+def bench_arch(arch: str, args, gemms: dict[str, Gemm]) -> tuple[list[dict[str, Any]], dict[str, float]]:
     from clipforge.factory import create_model
 
     model = create_model(arch, seed=0).eval().requires_grad_(False)
@@ -425,7 +428,7 @@ def main() -> None:
 
 
 def goal_summary(rows: list[dict[str, Any]], args) -> list[dict[str, Any]]:
-    low = "fp16" if args.device.startswith("cuda") else "bf16"
+    low = low_name(args.device)
     vit = args.archs[0]
     modes = {r["row"]: r["img b32 img/s"] for r in rows if r["arch"] == vit and r["row"] in
              (f"clipforge {low}", f"clipforge {low} compiled")}  # fmt: skip

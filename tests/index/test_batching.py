@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -30,6 +32,16 @@ class GatedSquare:
         return [x * x for x in xs]
 
 
+@contextmanager
+def gated_batcher(**kwargs) -> Iterator[tuple[MicroBatcher, GatedSquare]]:
+    run = GatedSquare()
+    batcher = MicroBatcher(run, **kwargs)
+    try:
+        yield batcher, run
+    finally:
+        batcher.close()
+
+
 def _submit_behind_gate(batcher: MicroBatcher, run: GatedSquare, values: list[int]) -> list:
     with ThreadPoolExecutor(len(values) + 1) as pool:
         first = pool.submit(batcher, 1000)
@@ -44,39 +56,27 @@ def _submit_behind_gate(batcher: MicroBatcher, run: GatedSquare, values: list[in
 
 
 def test_requests_queued_during_a_batch_run_together_with_their_own_answers() -> None:
-    run = GatedSquare()
-    batcher = MicroBatcher(run, max_batch=64)
-    try:
+    with gated_batcher(max_batch=64) as (batcher, run):
         values = list(range(20))
         assert _submit_behind_gate(batcher, run, values) == [v * v for v in values]
         assert run.sizes == [1, 20]
         assert (batcher.batches, batcher.requests) == (2, 21)
         assert batcher(7) == 49  # idle again: a lone request runs alone
         assert run.sizes[-1] == 1
-    finally:
-        batcher.close()
 
 
 def test_max_batch_splits_a_long_queue() -> None:
-    run = GatedSquare()
-    batcher = MicroBatcher(run, max_batch=8)
-    try:
+    with gated_batcher(max_batch=8) as (batcher, run):
         values = list(range(20))
         assert _submit_behind_gate(batcher, run, values) == [v * v for v in values]
         assert run.sizes == [1, 8, 8, 4]
-    finally:
-        batcher.close()
 
 
 def test_a_failing_request_fails_alone() -> None:
-    run = GatedSquare()
-    batcher = MicroBatcher(run)
-    try:
+    with gated_batcher() as (batcher, run):
         out = _submit_behind_gate(batcher, run, [2, -1, 3])
         assert out[0] == 4 and out[2] == 9
         assert isinstance(out[1], ValueError)
-    finally:
-        batcher.close()
 
 
 def test_bad_max_batch_is_refused() -> None:

@@ -156,12 +156,12 @@ class IndexStore:
         return store
 
     @classmethod
-    def open(cls, root: str | Path, *, writable: bool = True, searchable: bool | None = None) -> "IndexStore":
+    def open(cls, root: str | Path, *, writable: bool = True, searchable: bool = False) -> "IndexStore":
         """Open an index; ``writable`` takes the write lock and loads + reconciles FAISS.
 
-        ``searchable`` (default: ``writable``) loads FAISS; read-only, it is reconciled with
-        SQLite in memory only (or built in memory if the file is missing or damaged), so any
-        number of read-only processes can search an index while one process writes it."""
+        ``searchable`` loads FAISS into a read-only store too, reconciled with SQLite in memory
+        only (or built in memory if the file is missing or damaged), so any number of read-only
+        processes can search an index while one process writes it."""
         root = Path(root)
         if not (root / cls.SQLITE).is_file():
             raise IndexError_(f"no index at {root}; build one with `clipforge index build SOURCE --model M --out {root}`")
@@ -174,7 +174,7 @@ class IndexStore:
         if writable:
             store._remove_stale_temp_files()
             store._load_ann()
-        elif searchable:  # None: as writable, which is False here
+        elif searchable:
             store._load_ann_in_memory()
         return store
 

@@ -26,6 +26,7 @@ from ..models.vision_transformer import VisionTransformer
 
 __all__ = ["PackedLinear", "PackedPatchEmbedding", "PackedResidualBlock", "can_pack", "pack_for_inference"]
 
+
 def can_pack(dtype: torch.dtype, device: torch.device) -> bool:
     """True where oneDNN's packed bf16 linear ops exist and pay off: bf16 on a CPU."""
     ops = getattr(torch.ops, "mkldnn", None)

@@ -93,7 +93,10 @@ def _assert_same(expected_loss, expected_grads, loss, grads, case) -> None:
     assert abs(expected_loss.item() - loss.item()) <= 1e-5, case
     assert set(expected_grads) == set(grads), case
     for key in expected_grads:
-        assert (expected_grads[key] - grads[key]).abs().max().item() <= 1e-5, (case, key)
+        # 1e-5 relative to the gradient's size: summation order across ranks differs by CPU
+        # (on AMX Xeons the positional embedding's gradients, ~10 in size, differ by 1.1e-5).
+        scale = max(1.0, expected_grads[key].abs().max().item())
+        assert (expected_grads[key] - grads[key]).abs().max().item() <= 1e-5 * scale, (case, key)
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ not stored ones. Two timings, never mixed:
   (``batch latency ms``);
 - ``served ms/query`` (the chosen effort and exact flat search): as ``clipforge serve`` runs
   queries, ``--clients`` threads each send one query at a time through the service's
-  micro-batcher (``clipforge.index.batching``), which searches whatever queued up while the
+  micro-batcher (``clipforge.serve.batching``), which searches whatever queued up while the
   previous batch ran: wall time / queries, with each request's p50 / p99 latency.
 
 ``effort`` is nprobe for IVF, candidates re-ranked per result (k_factor) for pqfs and the
@@ -95,7 +95,7 @@ def measure(search, queries, truth, batch: int, single_limit: int = 300) -> dict
 
 def served(search, queries: np.ndarray, clients: int) -> dict:
     """``clients`` threads, one query at a time each, through the service's micro-batcher."""
-    from clipforge.index.batching import MicroBatcher
+    from clipforge.serve.batching import MicroBatcher
 
     batcher = MicroBatcher(lambda qs: list(search(np.stack(qs))), max_batch=64)
 

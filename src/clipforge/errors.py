@@ -11,7 +11,7 @@ __all__ = [
     "DataError",
     "OfflineError",
     "TrainingError",
-    "IndexError_",
+    "SearchIndexError",
 ]
 
 
@@ -43,5 +43,5 @@ class TrainingError(ClipforgeError):
     """A training run that cannot go on (too many non-finite steps, bad resume state)."""
 
 
-class IndexError_(ClipforgeError):
-    """A search index that cannot be opened or updated. (Trailing underscore: not the builtin.)"""
+class SearchIndexError(ClipforgeError):
+    """A search index that cannot be opened or updated."""

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipforge.errors import DataError, IndexError_
+from clipforge.errors import DataError, SearchIndexError
 from clipforge.index import Condition, IndexStore, Query, SearchFilter, add_images, build_index, delete_items, index_info, open_searcher
 from clipforge.index.embed import ImageRecord
 
@@ -221,7 +221,7 @@ def test_index_kind_follows_size_unless_forced(tmp_path: Path) -> None:
     from clipforge.index.ann import choose_kind, nlist_for
 
     assert choose_kind(49_999) == "flat" and choose_kind(50_000) == "ivf" and choose_kind(10, "ivf") == "ivf"
-    with pytest.raises(IndexError_, match="unknown index kind"):
+    with pytest.raises(SearchIndexError, match="unknown index kind"):
         choose_kind(10, "hnsw")
     assert nlist_for(1_000_000) == 4096 and nlist_for(50_000) == 1024
     store = synthetic_store(tmp_path / "small", clustered(500, 16, 8), kind="auto")
@@ -249,12 +249,12 @@ def test_faiss_file_lagging_or_corrupt_is_reconciled_on_open(index_copy: Path) -
 
 def test_one_writer_at_a_time_and_clear_open_errors(index_copy: Path, tmp_path: Path) -> None:
     with IndexStore.open(index_copy):
-        with pytest.raises(IndexError_, match="already open for writing in this process"):
+        with pytest.raises(SearchIndexError, match="already open for writing in this process"):
             IndexStore.open(index_copy)
         assert index_info(index_copy)["items"] == 36  # readers are welcome
-    with pytest.raises(IndexError_, match="no index at"):
+    with pytest.raises(SearchIndexError, match="no index at"):
         IndexStore.open(tmp_path / "nothing")
-    with pytest.raises(IndexError_, match="already holds an index"):
+    with pytest.raises(SearchIndexError, match="already holds an index"):
         IndexStore.create(index_copy, model_ref="x", model_config={"embed_dim": 4})
 
 
@@ -265,9 +265,9 @@ def test_query_model_must_match_the_index(index_copy: Path, tmp_path: Path) -> N
 
     other = clipforge.save(clipforge.create_model("tiny-rn", seed=0), tmp_path / "rn.safetensors")
     with IndexStore.open(index_copy) as store:
-        with pytest.raises(IndexError_, match="differs from the one this index was built with"):
+        with pytest.raises(SearchIndexError, match="differs from the one this index was built with"):
             check_model(store, load_embedder(str(other)))
-    with pytest.raises(IndexError_, match="names an architecture, not weights"):
+    with pytest.raises(SearchIndexError, match="names an architecture, not weights"):
         build_index(index_copy, "tiny-vit", tmp_path / "new")
 
 
@@ -292,7 +292,7 @@ def test_read_only_searchers_search_beside_the_writer_and_cannot_write(index_cop
             for reader in readers:
                 got = reader.search(Query(text="a red circle"), k=5)
                 assert [(r.item.id, round(r.score, 5)) for r in got] == [(r.item.id, round(r.score, 5)) for r in expected]
-                with pytest.raises(IndexError_, match="read-only"):
+                with pytest.raises(SearchIndexError, match="read-only"):
                     reader.store.delete([expected[0].item.id])
             assert not (index_copy / IndexStore.FAISS).exists()
         finally:

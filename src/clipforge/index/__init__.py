@@ -7,10 +7,10 @@ from .build import BuildReport, add_images, build_index, delete_items, index_inf
 from .filters import Condition, SearchFilter
 from .moderation import Concept, Moderator, load_concepts
 from .search import Query, Result, Searcher, open_searcher
-from .store import IndexStore, Item
+from .store import IndexStore, IndexedItem
 
 __all__ = [
     "BuildReport", "build_index", "add_images", "delete_items", "index_info",
     "Condition", "SearchFilter", "Concept", "Moderator", "load_concepts",
-    "Query", "Result", "Searcher", "open_searcher", "IndexStore", "Item",
+    "Query", "Result", "Searcher", "open_searcher", "IndexStore", "IndexedItem",
 ]  # fmt: skip

@@ -26,7 +26,7 @@ from typing import Literal
 
 import numpy as np
 
-from ..errors import IndexError_
+from ..errors import SearchIndexError
 
 __all__ = [
     "Kind", "KINDS", "IVF_THRESHOLD", "choose_kind", "nlist_for", "AnnIndex", "PQScanIndex", "build",
@@ -50,7 +50,7 @@ def choose_kind(n: int, requested: str = "auto") -> Kind:
     if requested == "auto":
         return "flat" if n < IVF_THRESHOLD else "ivf"
     if requested not in KINDS:
-        raise IndexError_(f"unknown index kind {requested!r}; choose auto, {', '.join(KINDS)}")
+        raise SearchIndexError(f"unknown index kind {requested!r}; choose auto, {', '.join(KINDS)}")
     return requested  # type: ignore[return-value]
 
 
@@ -98,7 +98,7 @@ class AnnIndex:
         if kind == "flat":
             return cls(faiss.IndexIDMap2(faiss.IndexFlatIP(dim)), "flat")
         if train is None or len(train) == 0:
-            raise IndexError_(f"a {kind} index needs training vectors; use kind='flat' for an empty index")
+            raise SearchIndexError(f"a {kind} index needs training vectors; use kind='flat' for an empty index")
         if kind == "pqfs":
             return PQScanIndex.trained(dim, train)
         nlist = min(nlist or nlist_for(len(train)), len(train))  # k-means needs >= 1 point per list
@@ -166,7 +166,7 @@ class AnnIndex:
             reader = faiss.PyCallbackIOReader(f.read)
             index = faiss.read_index(reader)
             if not isinstance(index, faiss.IndexIDMap2):
-                raise IndexError_(f"{path} is not an IndexIDMap2; it will be rebuilt from the metadata")
+                raise SearchIndexError(f"{path} is not an IndexIDMap2; it will be rebuilt from the metadata")
             if f.tell() < os.fstat(f.fileno()).st_size:  # PQ codes follow: a pqfs index
                 return PQScanIndex.from_parts(index, faiss.read_index(reader), nprobe)
         inner = faiss.downcast_index(index.index)
@@ -216,7 +216,7 @@ class PQScanIndex(AnnIndex):
         import faiss
 
         if not isinstance(fast, faiss.IndexPQFastScan) or fast.ntotal != index.ntotal:
-            raise IndexError_("the PQ codes do not match the vectors; the index will be rebuilt")
+            raise SearchIndexError("the PQ codes do not match the vectors; the index will be rebuilt")
         ids = faiss.vector_to_array(index.id_map).astype(np.int64)
         return cls(index, "pqfs", nprobe=nprobe, fast=fast, dead=np.zeros(len(ids), dtype=bool), row_ids=ids)
 

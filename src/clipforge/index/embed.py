@@ -15,17 +15,16 @@ import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from ..errors import DataError, IndexError_
+from ..errors import DataError, SearchIndexError
 from ..models.clip import CLIP
 from ..inference.engine import Engine, EngineConfig, Precision
 from ..transforms import Preprocess
-from .batching import MicroBatcher
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -222,16 +221,8 @@ class Embedder:
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
-        self._text_batcher: MicroBatcher[str, np.ndarray] | None = None
-
-    def batch_texts(self, max_batch: int = 64) -> None:
-        """Embed concurrent ``text`` calls (a service's queries) together, in micro-batches."""
-        if self._text_batcher is None:
-            self._text_batcher = MicroBatcher(self.texts, max_batch, "clipforge-text")
-
-    def close(self) -> None:
-        if self._text_batcher is not None:
-            self._text_batcher.close()
+        # One text -> vector past the cache; a service swaps in a micro-batcher (serve/batching.py).
+        self.encode_text: Callable[[str], np.ndarray] = lambda text: self.texts([text])[0]
 
     def texts(self, texts: Sequence[str]) -> np.ndarray:
         """texts -> (n, embed_dim) float32, L2-normalised (long texts are truncated)."""
@@ -243,7 +234,7 @@ class Embedder:
             if hit is not None:
                 self._cache.move_to_end(text)
                 return hit
-        vector = self._text_batcher(text) if self._text_batcher is not None else self.texts([text])[0]
+        vector = self.encode_text(text)
         with self._lock:
             self._cache[text] = vector
             if len(self._cache) > self._cache_size:
@@ -267,7 +258,7 @@ def load_embedder(model_ref: str) -> Embedder:
 
     path = Path(model_ref)
     if not path.exists() and model_ref in MODEL_CONFIGS and resolve_pretrained(model_ref, None) is None:
-        raise IndexError_(
+        raise SearchIndexError(
             f"{model_ref!r} names an architecture, not weights: an index needs the same model at "
             "query time; pass a checkpoint file (clipforge.save) or a published name such as 'ViT-B/32'"
         )

@@ -10,19 +10,17 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..errors import DataError, IndexError_
-from .batching import MicroBatcher
+from ..errors import DataError, SearchIndexError
 from .embed import MAX_IMAGE_PIXELS, Embedder, ImageRecord, combine_queries, decode_image, load_embedder
 from .filters import SearchFilter
 from .moderation import Moderator, load_concepts
-from .store import AddResult, IndexStore, Item
+from .store import AddResult, IndexStore, IndexedItem
 
 __all__ = ["Query", "Result", "Searcher", "open_searcher", "check_model"]
 
@@ -47,7 +45,7 @@ class Query:
 
 @dataclass(frozen=True)
 class Result:
-    item: Item
+    item: IndexedItem
     score: float  # cosine similarity to the query
     moderation: dict[str, dict[str, float | bool]]
 
@@ -60,7 +58,7 @@ def check_model(store: IndexStore, embedder: Embedder) -> None:
     stored = store.model_config
     current = embedder.model.config.to_dict()
     if json.dumps(stored, sort_keys=True) != json.dumps(current, sort_keys=True):
-        raise IndexError_(
+        raise SearchIndexError(
             f"the model {embedder.model_ref!r} differs from the one this index was built with "
             f"({store.model_ref!r}); query it with that model or rebuild the index"
         )
@@ -71,34 +69,15 @@ class Searcher:
         check_model(store, embedder)
         self.store, self.embedder, self.moderator, self.max_pixels = store, embedder, moderator, max_pixels
         self._write_lock = threading.Lock()
-        self._search_batcher: MicroBatcher[tuple[np.ndarray, int], list[tuple[int, float]]] | None = None
-
-    def batch_concurrent_queries(self, max_batch: int = 64) -> None:
-        """Run concurrent queries (a service's) in micro-batches: text embeddings through the
-        engine together, unfiltered index searches in one FAISS call. Results are the same; a
-        busy service serves more queries per second and an idle one waits no longer."""
-        self.embedder.batch_texts(max_batch)
-        if self._search_batcher is None:
-            self._search_batcher = MicroBatcher(self._search_group, max_batch, "clipforge-search")
+        # Unfiltered (vector, k) -> hits; a service swaps in a micro-batcher (serve/batching.py).
+        self.search_unfiltered: Callable[[np.ndarray, int], list[tuple[int, float]]] = store.search
+        self.on_close: list[Callable[[], None]] = []  # run before the index closes (stop batchers)
 
     def close(self) -> None:
-        """Stop the batchers and close the index."""
-        if self._search_batcher is not None:
-            self._search_batcher.close()
-        self.embedder.close()
+        """Run the ``on_close`` callbacks, then close the index."""
+        for callback in self.on_close:
+            callback()
         self.store.close()
-
-    def _search_group(self, requests: list[tuple[np.ndarray, int]]) -> list[list[tuple[int, float]]]:
-        """Unfiltered (vector, k) requests -> hits each, one index call per distinct k."""
-        results: list[list[tuple[int, float]]] = [[] for _ in requests]
-        by_k: dict[int, list[int]] = defaultdict(list)
-        for i, (_, k) in enumerate(requests):
-            by_k[k].append(i)
-        for k, rows in by_k.items():
-            found = self.store.search_many(np.stack([requests[i][0] for i in rows]), k)  # (len(rows), dim) in
-            for i, hits in zip(rows, found):
-                results[i] = hits
-        return results
 
     # ---- queries -------------------------------------------------------------------------
     def query_vector(self, q: Query) -> np.ndarray:
@@ -146,8 +125,8 @@ class Searcher:
             raise DataError(f"unknown moderation concepts {unknown}; this service has {self.moderator.names}")
         fetch = k
         while True:
-            if self._search_batcher is not None and (flt is None or flt.is_empty()):
-                hits = self._search_batcher((vector, fetch))
+            if flt is None or flt.is_empty():
+                hits = self.search_unfiltered(vector, fetch)
             else:
                 hits = self.store.search(vector, fetch, flt)
             results = self._results(hits)

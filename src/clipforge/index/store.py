@@ -34,12 +34,12 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from ..errors import IndexError_
+from ..errors import SearchIndexError
 from .ann import AnnIndex, build, choose_kind
 from .embed import ImageRecord
 from .filters import SearchFilter
 
-__all__ = ["FORMAT_VERSION", "Item", "AddResult", "IndexStore"]
+__all__ = ["FORMAT_VERSION", "IndexedItem", "AddResult", "IndexStore"]
 
 FORMAT_VERSION = "1"
 # A filtered subset this small is scored exactly from its stored vectors: cheaper than an
@@ -70,7 +70,7 @@ _ITEM_COLUMNS = "id, path, folder, caption, sha256, size, width, height, added, 
 
 
 @dataclass(frozen=True)
-class Item:
+class IndexedItem:
     id: int
     path: str
     folder: str
@@ -127,7 +127,7 @@ class IndexStore:
         self.exact_subset = EXACT_SUBSET
         self.info = dict(conn.execute("SELECT key, value FROM info").fetchall())
         if self.info.get("format_version") != FORMAT_VERSION:
-            raise IndexError_(f"{root} has index format {self.info.get('format_version')!r}; this clipforge reads {FORMAT_VERSION}")
+            raise SearchIndexError(f"{root} has index format {self.info.get('format_version')!r}; this clipforge reads {FORMAT_VERSION}")
 
     # ---- opening and closing -------------------------------------------------------------
     @classmethod
@@ -135,7 +135,7 @@ class IndexStore:
         """A new, empty index folder (refuses to overwrite an existing index)."""
         root = Path(root)
         if (root / cls.SQLITE).exists():
-            raise IndexError_(f"{root} already holds an index; use `clipforge index add` or choose another --out")
+            raise SearchIndexError(f"{root} already holds an index; use `clipforge index add` or choose another --out")
         choose_kind(0, kind)  # validates the name
         root.mkdir(parents=True, exist_ok=True)
         lock_fd = _take_lock(root / cls.LOCK)
@@ -164,13 +164,13 @@ class IndexStore:
         processes can search an index while one process writes it."""
         root = Path(root)
         if not (root / cls.SQLITE).is_file():
-            raise IndexError_(f"no index at {root}; build one with `clipforge index build SOURCE --model M --out {root}`")
+            raise SearchIndexError(f"no index at {root}; build one with `clipforge index build SOURCE --model M --out {root}`")
         lock_fd = _take_lock(root / cls.LOCK) if writable else None
         try:
             store = cls(root, _connect(root / cls.SQLITE, readonly=not writable), lock_fd)
         except sqlite3.DatabaseError as e:
             _release_lock(lock_fd)
-            raise IndexError_(f"{root / cls.SQLITE} is not a readable index database ({e})") from None
+            raise SearchIndexError(f"{root / cls.SQLITE} is not a readable index database ({e})") from None
         if writable:
             store._remove_stale_temp_files()
             store._load_ann()
@@ -236,7 +236,7 @@ class IndexStore:
         """The saved FAISS index, or None when it is missing, truncated or foreign."""
         try:
             ann = AnnIndex.load(self.root / self.FAISS, nprobe=int(self.info.get("nprobe", 1)))
-        except (RuntimeError, IndexError_, OSError):
+        except (RuntimeError, SearchIndexError, OSError):
             return None
         return ann if ann.dim == self.dim else None
 
@@ -386,7 +386,7 @@ class IndexStore:
         self._remove_owned_files([items[i] for i in found])
         return found
 
-    def _remove_owned_files(self, items: list[Item]) -> None:
+    def _remove_owned_files(self, items: list[IndexedItem]) -> None:
         for item in items:
             path = Path(item.path)
             if path.parent.parent == self.files_dir:  # only files the index itself stored
@@ -403,11 +403,11 @@ class IndexStore:
 
     def _require_writable(self) -> None:
         if self._lock_fd is None or self.ann is None:
-            raise IndexError_(f"{self.root} was opened read-only; open it with writable=True to change it")
+            raise SearchIndexError(f"{self.root} was opened read-only; open it with writable=True to change it")
 
     # ---- reading -------------------------------------------------------------------------
-    def items(self, ids: Sequence[int]) -> dict[int, Item]:
-        """id -> Item for the ids that exist."""
+    def items(self, ids: Sequence[int]) -> dict[int, IndexedItem]:
+        """id -> IndexedItem for the ids that exist."""
         if len(ids) == 0:
             return {}
         with self._lock:
@@ -415,7 +415,7 @@ class IndexStore:
                 f"SELECT {_ITEM_COLUMNS} FROM items WHERE id IN (SELECT value FROM json_each(?))",
                 (json.dumps([int(i) for i in ids]),),
             ).fetchall()
-        return {r[0]: Item(*r[:9], tuple(json.loads(r[9]))) for r in rows}
+        return {r[0]: IndexedItem(*r[:9], tuple(json.loads(r[9]))) for r in rows}
 
     def vectors(self, ids: Sequence[int]) -> np.ndarray:
         """(len(ids), dim) stored vectors in the order of ``ids`` (all must exist)."""
@@ -428,7 +428,7 @@ class IndexStore:
             )
         missing = [int(i) for i in ids if int(i) not in rows]
         if missing:
-            raise IndexError_(f"no items with ids {missing[:10]}; they may have been deleted")
+            raise SearchIndexError(f"no items with ids {missing[:10]}; they may have been deleted")
         return np.stack([np.frombuffer(rows[int(i)], dtype="<f4") for i in ids]) if len(ids) else np.zeros((0, self.dim), np.float32)
 
     def all_vectors(self) -> tuple[np.ndarray, np.ndarray]:
@@ -524,13 +524,13 @@ def _take_lock(path: Path) -> int:
     key = str(path.resolve())
     with _HELD_LOCK:
         if key in _HELD:
-            raise IndexError_(f"{path.parent} is already open for writing in this process; close it first")
+            raise SearchIndexError(f"{path.parent} is already open for writing in this process; close it first")
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
-            raise IndexError_(
+            raise SearchIndexError(
                 f"{path.parent} is open for writing by another process (a running `clipforge serve` or "
                 "`index add`); stop it, or add images through the service's API"
             ) from None

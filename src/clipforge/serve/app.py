@@ -38,10 +38,10 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from .. import __version__
-from ..errors import ClipforgeError, ConfigError, DataError, IndexError_
+from ..errors import ClipforgeError, ConfigError, DataError, SearchIndexError
 from ..index.embed import MAX_IMAGE_PIXELS, decode_image
 from ..index.search import MAX_K, MAX_QUERY_CHARS, Query, Result, Searcher, open_searcher
-from ..index.store import Item
+from ..index.store import IndexedItem
 from .guards import BodyLimit, check_same_origin, check_token
 from .schemas import AddResponse, DeleteResponse, FilterModel, HealthResponse, ResultModel, ScoreResponse, SearchRequest, SearchResponse
 
@@ -70,12 +70,13 @@ def create_app(
 ) -> FastAPI:  # fmt: skip
     """The app over the index at ``index`` (opened now, with its write lock; closed at shutdown).
     ``batch_queries``: concurrent queries are embedded and searched in micro-batches."""
+    from .batching import batch_concurrent_queries
     from .knn import router as knn_router
 
     searcher = searcher or open_searcher(index, concepts=concepts)
     searcher.max_pixels = max_pixels
     if batch_queries:
-        searcher.batch_concurrent_queries()
+        batch_concurrent_queries(searcher)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -112,7 +113,7 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     app.add_exception_handler(DataError, handler(422))  # bad image, bad filter, bad query
     app.add_exception_handler(ConfigError, handler(400))
-    app.add_exception_handler(IndexError_, handler(409))  # index state (e.g. an item just deleted)
+    app.add_exception_handler(SearchIndexError, handler(409))  # index state (e.g. an item just deleted)
     app.add_exception_handler(ClipforgeError, handler(400))
 
 
@@ -219,7 +220,7 @@ def search_upload(
 
 
 # ---- items --------------------------------------------------------------------------------
-def _item(request: Request, item_id: int) -> Item:
+def _item(request: Request, item_id: int) -> IndexedItem:
     item = _searcher(request).store.items([item_id]).get(item_id)
     if item is None:
         raise HTTPException(404, f"no item with id {item_id}; ids come from search results")

@@ -12,7 +12,7 @@ from typing import Iterator
 import numpy as np
 import pytest
 
-from clipforge.index.batching import MicroBatcher
+from clipforge.serve.batching import MicroBatcher, batch_concurrent_queries
 from clipforge.index.search import Query, open_searcher
 
 
@@ -107,12 +107,12 @@ def test_batched_service_queries_answer_as_one_at_a_time(built_index: Path) -> N
         alone = {t: searcher.embedder.text(t) for t in texts}
         by_item = {i: [r.item.id for r in searcher.search(Query(image_id=i), k=5)] for i in (2, 3, 5, 8)}
         searcher.embedder._cache.clear()  # so the batched run embeds the texts again
-        searcher.batch_concurrent_queries(max_batch=16)
+        batchers = batch_concurrent_queries(searcher, max_batch=16)
         with ThreadPoolExecutor(12) as pool:
             got = dict(zip(texts, pool.map(lambda t: searcher.search(Query(text=t), k=5), texts)))
             items = dict(zip(by_item, pool.map(lambda i: searcher.search(Query(image_id=i), k=5), by_item)))
-        assert searcher._search_batcher is not None and searcher._search_batcher.requests == len(texts) + len(items)
-        assert searcher.embedder._text_batcher is not None and searcher.embedder._text_batcher.requests == len(texts)
+        assert batchers.searches.requests == len(texts) + len(items)
+        assert batchers.texts.requests == len(texts)
         for t in texts:  # the text tower ran in batches: the same embedding, to bf16's precision
             vector = searcher.embedder.text(t)  # cached from the batched run
             assert float(vector @ alone[t]) > 0.999

@@ -38,7 +38,7 @@ def main() -> None:
     torch.set_num_threads(2)
 
     import clipforge
-    from clipforge.eval.datasets import load_eval_data
+    from clipforge.eval.eval_data import load_eval_data
     from clipforge.eval.run import evaluate_linear_probe_data, evaluate_retrieval_data, evaluate_zeroshot_data
 
     with tempfile.TemporaryDirectory() as tmp:

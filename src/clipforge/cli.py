@@ -64,7 +64,7 @@ def embed_cmd(
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the towers: ~20-60 s once, then the fastest path on big collections."),
 ) -> None:
     """Embed images or texts into L2-normalised vectors: shards of .npy + parquet metadata, resumable."""
-    from .inference.cli import run_embed
+    from .inference.embed_job import run_embed
 
     try:
         run_embed(model, out, images=images, texts=texts, batch_size=batch_size, workers=workers,

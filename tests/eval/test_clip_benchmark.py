@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 import clipforge
-from clipforge.eval.datasets import load_eval_data
+from clipforge.eval.eval_data import load_eval_data
 from clipforge.eval.run import evaluate_retrieval_data, evaluate_zeroshot_data
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 180, 60), "blue": (30, 60, 220), "yellow": (230, 220, 30),

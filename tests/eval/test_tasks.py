@@ -14,7 +14,7 @@ from PIL import Image
 import clipforge
 from clipforge.errors import DataError
 from clipforge.eval.clip_score import clip_score
-from clipforge.eval.datasets import load_eval_data
+from clipforge.eval.eval_data import load_eval_data
 from clipforge.eval.linear_probe import linear_probe
 from clipforge.eval.retrieval import retrieval_metrics
 from clipforge.eval.run import run_eval

@@ -13,7 +13,7 @@ import pytest
 
 from clipforge.index import IndexStore
 from clipforge.index.ann import AnnIndex, PQScanIndex, build, exact_top_k, recall_at_k
-from clipforge.index.embed import ImageRecord
+from clipforge.index.records import ImageRecord
 
 
 def sphere(n: int, dim: int, seed: int) -> np.ndarray:

@@ -15,7 +15,7 @@ from PIL import Image
 
 from clipforge.errors import DataError, SearchIndexError
 from clipforge.index import Condition, IndexStore, Query, SearchFilter, add_images, build_index, delete_items, index_info, open_searcher
-from clipforge.index.embed import ImageRecord
+from clipforge.index.records import ImageRecord
 
 
 
@@ -260,7 +260,7 @@ def test_one_writer_at_a_time_and_clear_open_errors(index_copy: Path, tmp_path: 
 
 def test_query_model_must_match_the_index(index_copy: Path, tmp_path: Path) -> None:
     import clipforge
-    from clipforge.index.embed import load_embedder
+    from clipforge.index.embedder import load_embedder
     from clipforge.index.search import check_model
 
     other = clipforge.save(clipforge.create_model("tiny-rn", seed=0), tmp_path / "rn.safetensors")

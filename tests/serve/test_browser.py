@@ -19,7 +19,7 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-net
 
 
 def expected_ranking(index: Path, text: str) -> list[int]:
-    from clipforge.index.embed import load_embedder
+    from clipforge.index.embedder import load_embedder
 
     with sqlite3.connect(index / "meta.sqlite") as conn:
         model = conn.execute("SELECT value FROM info WHERE key = 'model'").fetchone()[0]

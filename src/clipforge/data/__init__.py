@@ -5,11 +5,11 @@
     for images, tokens in loader: ...                         # (64, 3, H, W), (64, L)
 """
 
-from .items import IMAGE_SUFFIXES, Item
+from .items import Item
 from .loader import Batch, CaptionedImages, SkipCounter, Skipped, batches_per_epoch, epoch_batches, make_loader
 from .sources import DataWarning, Source, load_items, open_source, synthetic_items
 
 __all__ = [
-    "Batch", "CaptionedImages", "DataWarning", "IMAGE_SUFFIXES", "Item", "SkipCounter", "Skipped", "Source",
+    "Batch", "CaptionedImages", "DataWarning", "Item", "SkipCounter", "Skipped", "Source",
     "batches_per_epoch", "epoch_batches", "load_items", "make_loader", "open_source", "synthetic_items",
 ]  # fmt: skip

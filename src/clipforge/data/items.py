@@ -6,16 +6,15 @@ with ``spawn`` (macOS, Windows) receive them by value.
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from PIL import Image
 
-__all__ = ["Item", "PathImage", "BytesImage", "IMAGE_SUFFIXES", "split_captions"]
+from ..images import decode_image
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"}
+__all__ = ["Item", "PathImage", "BytesImage", "split_captions"]
 
 
 @dataclass(frozen=True)
@@ -31,9 +30,9 @@ class PathImage:
     path: Path
 
     def __call__(self) -> Image.Image:
-        with Image.open(self.path) as image:
-            image.load()  # decode now: a truncated file fails here, not later in a transform
-            return image
+        # Decoded now: a truncated file fails here, not later in a transform. The bytes are read
+        # as they are (an empty file is PIL's UnidentifiedImageError, the reason counted).
+        return decode_image(self.path.read_bytes())
 
 
 @dataclass(frozen=True)
@@ -41,9 +40,7 @@ class BytesImage:
     data: bytes
 
     def __call__(self) -> Image.Image:
-        image = Image.open(io.BytesIO(self.data))
-        image.load()
-        return image
+        return decode_image(self.data)
 
     def __repr__(self) -> str:  # not the bytes
         return f"BytesImage({len(self.data)} bytes)"

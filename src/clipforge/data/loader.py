@@ -128,7 +128,9 @@ class CaptionedImages(torch.utils.data.Dataset):
         try:
             image = item.open_image()
         except Exception as e:  # noqa: BLE001  any undecodable file (PIL raises many types)
-            skipped.append(Skipped(item.key, type(e).__name__))
+            # Counted by the underlying error (OSError, UnidentifiedImageError), not our wrapper.
+            cause = e.__cause__ if isinstance(e, DataError) and e.__cause__ is not None else e
+            skipped.append(Skipped(item.key, type(cause).__name__))
             return None
         return image, rng.choice(captions)
 

@@ -23,12 +23,13 @@ from pathlib import Path
 
 from ..errors import DataError
 from .folder import folder_items
-from .items import IMAGE_SUFFIXES, Item
+from ..wds import expand_shards, is_shard_pattern
+from .items import Item
 from .synthetic import synthetic_items
 from .tables import jsonl_items, table_items
-from .wds import expand_shards, shard_items
+from .shard_items import shard_items
 
-__all__ = ["Item", "Source", "DataWarning", "open_source", "load_items", "synthetic_items", "IMAGE_SUFFIXES"]
+__all__ = ["Item", "Source", "DataWarning", "open_source", "load_items", "synthetic_items"]
 
 
 class DataWarning(UserWarning):
@@ -71,7 +72,7 @@ def _read(spec: str, image_key: str, caption_key: str, split: str, skipped: Coun
     if spec.startswith("synthetic:"):
         return synthetic_items(_count(spec))
     path = Path(spec)
-    if ".tar" in spec and ("{" in spec or "::" in spec or path.suffix == ".tar"):
+    if is_shard_pattern(spec):
         return shard_items(expand_shards(spec), skipped)
     if path.is_dir():
         return _folder(path, split, skipped)

@@ -12,7 +12,7 @@ from PIL import Image
 
 from ..datasets.shards import Manifest
 from ..errors import DataError
-from ..eval.embed import embed_captions, embed_pil_images
+from ..eval.features import embed_captions, embed_pil_images
 from ..eval.retrieval import retrieval_metrics
 from ..eval.zeroshot import classification_metrics, zero_shot_classifier
 from ..models.clip import CLIP

@@ -11,8 +11,8 @@ import torch
 
 from ..checkpoint.io import atomic_path
 from ..errors import DataError
-from .datasets import EvalData, load_eval_data
-from .embed import embed_captions, embed_pil_images
+from .eval_data import EvalData, load_eval_data
+from .features import embed_captions, embed_pil_images
 from .templates import load_templates
 
 __all__ = ["TASKS", "run_eval", "evaluate_zeroshot_data", "evaluate_retrieval_data", "evaluate_linear_probe_data"]

@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont, ImageOps
 
 from ..errors import DataError
 from ..models.clip import CLIP
-from .embed import embed_pil_images
+from .features import embed_pil_images
 from .zeroshot import classification_metrics, zero_shot_classifier
 
 __all__ = ["NOTO_FONT", "available_styles", "render_styles", "shift_eval"]

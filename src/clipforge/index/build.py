@@ -13,7 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .embed import embed_image_files, list_image_files, load_embedder
+from ..images import list_image_files
+from ..inference.image_batches import ALREADY_KNOWN, REPEATED, batch_ranges, embed_image_batches
+from ..inference.reader import Record
+from .embedder import load_embedder
+from .records import image_record
 from .search import check_model
 from .store import AddResult, IndexStore
 
@@ -63,20 +67,20 @@ def add_images(
 def _add(store, embedder, source, batch_size, workers, near_duplicate, tags, progress) -> BuildReport:
     start = time.perf_counter()
     paths, root = list_image_files(source)
-    known = store.known_hashes()
     report, done, result = BuildReport(str(store.root)), 0, AddResult()
-    batches = embed_image_files(
-        embedder.engine, embedder.preprocess, paths, root, batch_size=batch_size, workers=workers, known_hashes=known
-    )
+    batches = embed_image_batches(
+        embedder.engine, embedder.preprocess, [Record(str(p)) for p in paths], batch_ranges(0, len(paths), batch_size),
+        workers=workers, known_hashes=store.known_hashes(), skip_repeats=True,
+    )  # fmt: skip
     for batch in batches:
-        records = [dataclasses.replace(r, tags=tuple(tags)) for r in batch.records]
+        records = [image_record(paths[d.index], root, d, tags) for d in batch.images]
         result.merge(store.add(records, batch.vectors, near_duplicate=near_duplicate))  # committed here
-        for path, why in batch.skipped.items():
-            if why.startswith("duplicate"):
+        for i, why in batch.skipped:
+            if why in (ALREADY_KNOWN, REPEATED):
                 report.duplicates += 1
             else:
-                report.unreadable[path] = why
-        done += len(batch.records) + len(batch.skipped)
+                report.unreadable[str(paths[i])] = why
+        done += len(batch.indices)
         if progress:
             progress(done, len(paths))
     store.optimize()

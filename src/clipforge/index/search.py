@@ -17,9 +17,11 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..errors import DataError, SearchIndexError
-from .embed import MAX_IMAGE_PIXELS, Embedder, ImageRecord, combine_queries, decode_image, load_embedder
+from ..images import MAX_IMAGE_PIXELS, decode_image
+from .embedder import Embedder, combine_queries, load_embedder
 from .filters import SearchFilter
 from .moderation import Moderator, load_concepts
+from .records import ImageRecord
 from .store import AddResult, IndexStore, IndexedItem
 
 __all__ = ["Query", "Result", "Searcher", "open_searcher", "check_model"]

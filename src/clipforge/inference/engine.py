@@ -30,7 +30,8 @@ from ..models.modified_resnet import ModifiedResNet
 from ..tokenizer import tokenize
 from .packed import can_pack, pack_for_inference
 
-__all__ = ["EngineConfig", "Engine", "Precision", "resolve_precision", "cpu_supports_bf16", "model_fingerprint"]
+__all__ = ["EngineConfig", "Engine", "Precision", "as_engine", "resolve_precision", "cpu_supports_bf16",
+           "model_fingerprint"]  # fmt: skip
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -154,6 +155,16 @@ class Engine:
             rows = order[start : start + batch_size]
             out[rows] = self.encode_tokens(tokens[rows])
         return out
+
+
+def as_engine(model: CLIP | Engine, precision: str = "fp32", batch_size: int | None = None) -> Engine:
+    """An engine as given, or one over ``model`` (on the model's device) in ``precision``, with
+    ``batch_size`` for both towers if given. The model is copied, never changed."""
+    if isinstance(model, Engine):
+        return model
+    device = str(next(model.parameters()).device)
+    sizes = {} if batch_size is None else {"image_batch_size": batch_size, "text_batch_size": batch_size}
+    return Engine(model, EngineConfig(precision=precision, device=device, **sizes))  # type: ignore[arg-type]
 
 
 def model_fingerprint(model: CLIP) -> str:

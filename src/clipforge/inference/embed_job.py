@@ -1,4 +1,4 @@
-"""What ``clipforge embed`` does, as one function the CLI calls.
+"""The ``clipforge embed`` job, as one function the CLI calls.
 
 ``--out DIR`` streams into resumable shards (``stream.embed_collection``); ``--out FILE.npy``
 keeps the older single-file output (one .npy plus a .txt of row items) for small collections.
@@ -16,7 +16,8 @@ from ..errors import ClipforgeError
 if TYPE_CHECKING:
     from ..transforms import Preprocess
     from .engine import Engine
-    from .stream import Collection, EmbedSummary
+    from .reader import Collection
+    from .stream import EmbedSummary
 
 __all__ = ["run_embed", "format_summary"]
 
@@ -39,7 +40,8 @@ def run_embed(
     from ..checkpoint import load
     from .allocator import keep_freed_memory
     from .engine import Engine, EngineConfig
-    from .stream import embed_collection, open_images, open_texts
+    from .reader import open_images, open_texts
+    from .stream import embed_collection
 
     if (images is None) == (texts is None):
         raise ClipforgeError("give exactly one of --images or --texts")
@@ -102,7 +104,7 @@ def _single_file(
 ) -> Path:
     """The whole collection into one .npy (float32) and a .txt naming each row's item."""
     from ..checkpoint.io import atomic_path
-    from .embed import embed_texts
+    from .in_memory import embed_texts
 
     if collection.kind == "text":
         vectors = embed_texts(engine, collection.texts, batch_size=batch_size).embeddings
@@ -123,13 +125,13 @@ def _all_images(
     engine: Engine, preprocess: Preprocess, collection: Collection, batch_size: int, workers: int | None
 ) -> tuple[np.ndarray, list[str], list[tuple[str, str]]]:
     """-> ((rows, embed_dim) float32, the item of each row, [(item, why skipped)]), in memory."""
-    from .stream import default_workers, iter_image_batches
+    from .image_batches import batch_ranges, default_workers, embed_image_batches
 
     records = collection.records
-    batches = [list(range(b, min(b + batch_size, len(records)))) for b in range(0, len(records), batch_size)]
     workers = default_workers() if workers is None else workers
-    done = list(iter_image_batches(engine, preprocess, records, batches, workers))
-    vectors = np.concatenate([v for _, v, _ in done])  # (rows, embed_dim)
-    items = [records[row["index"]].ref for batch, _, _ in done for row in batch.rows]
-    skipped = [(records[i].ref, why) for batch, _, _ in done for i, why in batch.skipped]
+    batches = batch_ranges(0, len(records), batch_size)
+    done = list(embed_image_batches(engine, preprocess, records, batches, workers=workers))
+    vectors = np.concatenate([b.vectors for b in done])  # (rows, embed_dim)
+    items = [records[d.index].ref for b in done for d in b.images]
+    skipped = [(records[i].ref, why) for b in done for i, why in b.skipped]
     return vectors, items, skipped

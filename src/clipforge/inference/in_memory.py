@@ -1,6 +1,7 @@
 """Embed many images or texts in memory: parallel image decoding, batched inference through the
 ``Engine``, normalised output. (For collections too large for memory, or runs worth resuming,
-``stream.embed_collection`` writes shards instead; both run the same batched loop.)
+``stream.embed_collection`` writes shards instead; both run the same batched loop,
+``image_batches.embed_image_batches``.)
 
 Unreadable images are skipped and reported, never fatal: one bad file in a folder of thousands
 should not cost the rest.
@@ -15,12 +16,14 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..errors import DataError
-from ..index.embed import IMAGE_SUFFIXES, list_image_files
+from ..images import list_image_files
 from ..models.clip import CLIP
 from ..transforms import Preprocess
-from .engine import Engine, EngineConfig
+from .engine import Engine, as_engine
+from .image_batches import batch_ranges, embed_image_batches
+from .reader import Record
 
-__all__ = ["EmbedResult", "IMAGE_SUFFIXES", "list_images", "embed_images", "embed_texts"]
+__all__ = ["EmbedResult", "list_images", "embed_images", "embed_texts"]
 
 
 @dataclass
@@ -40,15 +43,6 @@ def list_images(source: str | Path | Sequence[str | Path]) -> list[Path]:
     return paths
 
 
-def _engine(model: CLIP | Engine, precision: str, batch_size: int) -> Engine:
-    if isinstance(model, Engine):
-        return model
-    device = str(next(model.parameters()).device)
-    config = EngineConfig(precision=precision, device=device, image_batch_size=batch_size,  # type: ignore[arg-type]
-                          text_batch_size=batch_size)  # fmt: skip
-    return Engine(model, config)
-
-
 def embed_images(
     model: CLIP | Engine,
     preprocess: Preprocess,
@@ -61,17 +55,15 @@ def embed_images(
 ) -> EmbedResult:
     """Image files -> their embeddings in order (unreadable ones left out and listed in ``skipped``).
     ``precision`` applies when a model (not an Engine) is given."""
-    from .stream import Record, iter_image_batches
-
-    engine = _engine(model, precision, batch_size)
+    engine = as_engine(model, precision, batch_size)
     records = [Record(str(p)) for p in paths]
-    batches = [list(range(b, min(b + batch_size, len(records)))) for b in range(0, len(records), batch_size)]
     rows: list[np.ndarray] = []
     items: list[str] = []
     skipped: dict[str, str] = {}
-    for batch, vectors, _ in iter_image_batches(engine, preprocess, records, batches, workers):
-        rows.append(vectors)
-        items.extend(str(paths[row["index"]]) for row in batch.rows)
+    batches = batch_ranges(0, len(records), batch_size)
+    for batch in embed_image_batches(engine, preprocess, records, batches, workers=workers):
+        rows.append(batch.vectors)
+        items.extend(str(paths[d.index]) for d in batch.images)
         skipped.update({str(paths[i]): why for i, why in batch.skipped})
         if progress:
             progress(len(batch.indices))
@@ -82,7 +74,7 @@ def embed_texts(
     model: CLIP | Engine, texts: Sequence[str], *, batch_size: int = 256, precision: str = "fp32"
 ) -> EmbedResult:
     """Texts -> their embeddings in order (long texts truncated to the context length)."""
-    engine = _engine(model, precision, batch_size)
+    engine = as_engine(model, precision, batch_size)
     vectors = engine.encode_texts(list(texts), batch_size=batch_size) if texts else None
     return EmbedResult(_stack([vectors.numpy()] if vectors is not None else [], engine.embed_dim), list(texts))
 

@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import csv
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from PIL import Image
 
+from ..data.items import Item
+from ..data.shard_items import shard_items
 from ..errors import DataError
+from ..images import find_images, open_image
+from ..wds import is_shard_pattern
 
-__all__ = ["EvalData", "load_eval_data", "IMAGE_SUFFIXES"]
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"}
+__all__ = ["EvalData", "load_eval_data"]
 
 
 @dataclass
@@ -29,18 +32,14 @@ class EvalData:
 
 
 def _opener(path: Path) -> Callable[[], Image.Image]:
-    def open_image() -> Image.Image:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-
-    return open_image
+    return lambda: open_image(path).convert("RGB")
 
 
 def _class_folders(root: Path) -> EvalData:
     classes = sorted(p.name for p in root.iterdir() if p.is_dir())
     data = EvalData(root.name, [], classnames=[c.replace("_", " ") for c in classes])
     for label, name in enumerate(classes):
-        for path in sorted(p for p in (root / name).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
+        for path in find_images(root / name):
             data.images.append(_opener(path))
             data.labels.append(label)
             data.keys.append(str(path.relative_to(root)))
@@ -48,27 +47,24 @@ def _class_folders(root: Path) -> EvalData:
 
 
 def _manifest_split(root: Path, split: str) -> EvalData:
-    import io
-
     from ..datasets.shards import read_manifest
 
     manifest = read_manifest(root)
     if manifest is None or not manifest.shards.get(split):
         raise DataError(f"{root} has no split {split!r}; splits: {sorted(manifest.shards) if manifest else 'none'}")
-    import webdataset as wds
+    skipped: Counter[str] = Counter()
+    return _from_items(f"{manifest.name}-{split}", shard_items(manifest.shard_paths(split), skipped))
 
-    data = EvalData(f"{manifest.name}-{split}", [])
-    concepts = []
-    for sample in wds.WebDataset(manifest.shard_paths(split), shardshuffle=False, empty_check=False):
-        meta = json.loads(sample["json"])
-        png = sample["png"]
-        data.images.append(lambda png=png: Image.open(io.BytesIO(png)).convert("RGB"))
-        concepts.append(meta["concept"])
-        data.captions.append(list(meta["captions"]))
-        data.keys.append(sample["__key__"])
-    data.classnames = sorted(set(concepts))
-    index = {c: i for i, c in enumerate(data.classnames)}
-    data.labels = [index[c] for c in concepts]
+
+def _from_items(name: str, items: list[Item]) -> EvalData:
+    """Shard samples -> evaluation data: retrieval captions, and classes where every sample has
+    a concept."""
+    data = EvalData(name, [it.open_image for it in items], keys=[it.key for it in items],
+                    captions=[list(it.captions) for it in items])  # fmt: skip
+    if items and all(it.concept for it in items):
+        data.classnames = sorted({it.concept for it in items})  # type: ignore[misc]
+        index = {c: i for i, c in enumerate(data.classnames)}
+        data.labels = [index[it.concept] for it in items]  # type: ignore[index]
     return data
 
 
@@ -105,17 +101,10 @@ def _cifar10(root: Path) -> EvalData:
 
 
 def _shards(pattern: str) -> EvalData:
-    """WebDataset shards (``png``/``jpg`` + ``json`` with ``captions`` and ``concept``)."""
+    """WebDataset shards (the sample rules of ``clipforge.wds``)."""
     from ..data.sources import load_items
 
-    items = load_items(pattern)
-    data = EvalData(Path(pattern.split("::")[0]).stem, [it.open_image for it in items], keys=[it.key for it in items],
-                    captions=[list(it.captions) for it in items])  # fmt: skip
-    if all(it.concept for it in items):
-        data.classnames = sorted({it.concept for it in items})  # type: ignore[misc]
-        index = {c: i for i, c in enumerate(data.classnames)}
-        data.labels = [index[it.concept] for it in items]  # type: ignore[index]
-    return data
+    return _from_items(Path(pattern.split("::")[0]).stem, load_items(pattern))
 
 
 def load_eval_data(spec: str, split: str = "heldout") -> EvalData:
@@ -124,7 +113,7 @@ def load_eval_data(spec: str, split: str = "heldout") -> EvalData:
     CIFAR-10 files already on disk."""
     if spec.startswith("cifar10:"):
         return _cifar10(Path(spec.split(":", 1)[1]))
-    if ".tar" in spec:
+    if is_shard_pattern(spec):
         return _shards(spec)
     path = Path(spec)
     if not path.exists():

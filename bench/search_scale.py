@@ -1,4 +1,4 @@
-"""Search at scale: the index clipforge builds for a large collection (``clipforge.index.ann.build``:
+"""Search at scale: the index clipforge builds for a large collection (``clipforge.index.choose.build``:
 IVF with nprobe calibrated, or pqfs where IVF cannot reach the target) against exact flat search,
 same vectors, same queries, same run. Reports recall@10 against exact search, single-query
 latency and batched throughput, build time and memory.
@@ -117,7 +117,7 @@ def served(search, queries: np.ndarray, clients: int) -> dict:
 
 
 def recall(found: np.ndarray, truth: np.ndarray) -> float:
-    from clipforge.index.ann import recall_at_k
+    from clipforge.index.calibration import recall_at_k
 
     return recall_at_k(found, truth)
 
@@ -138,7 +138,7 @@ def exact(data: np.ndarray, queries: np.ndarray, ids: np.ndarray, batch: int, cl
 
 def ann_rows(data, queries, ids, truth, batch: int, requested: str, clients: int) -> list[dict]:
     """clipforge's own choice, as the store builds it, swept over its search effort."""
-    from clipforge.index.ann import build
+    from clipforge.index.choose import build
 
     start = time.perf_counter()
     ann, calibrated = build(data, ids, requested)

@@ -264,7 +264,7 @@ def index_info_cmd(
     """Items, model and index parameters."""
     import json
 
-    from .index.build import index_info
+    from .index.info import index_info
 
     info = index_info(index)
     typer.echo(json.dumps(info, indent=2) if as_json else "\n".join(f"{k:24s} {v}" for k, v in info.items()))

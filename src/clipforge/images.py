@@ -24,7 +24,10 @@ __all__ = [
     "MAX_IMAGE_BYTES",
     "MAX_IMAGE_PIXELS",
     "MAX_CAPTION_CHARS",
+    "SUFFIX_BY_FORMAT",
+    "MEDIA_TYPES",
     "is_image_path",
+    "find_files",
     "find_images",
     "has_images",
     "list_image_files",
@@ -35,6 +38,10 @@ __all__ = [
 ]
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+# What a stored or served file is called and sent as: PIL's format -> file suffix, suffix -> media type.
+SUFFIX_BY_FORMAT = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tif"}
+MEDIA_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".gif": "image/gif",
+               ".webp": "image/webp", ".bmp": "image/bmp", ".tif": "image/tiff", ".tiff": "image/tiff"}  # fmt: skip
 # 40 megapixels decode to ~120 MB of RGB: plenty for photos, far below what would hurt a server.
 MAX_IMAGE_PIXELS = 40_000_000
 MAX_IMAGE_BYTES = 50 * 1024 * 1024
@@ -45,9 +52,15 @@ def is_image_path(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES
 
 
+def find_files(root: Path, suffixes: frozenset[str] | set[str] = IMAGE_SUFFIXES) -> list[Path]:
+    """Every file under ``root`` (sub-folders too) with one of ``suffixes`` (any case), sorted:
+    the one folder walk, whose order every source uses."""
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in suffixes and p.is_file())
+
+
 def find_images(root: Path) -> list[Path]:
-    """Every image file under ``root`` (sub-folders too), sorted: the order all sources use."""
-    return sorted(p for p in root.rglob("*") if is_image_path(p) and p.is_file())
+    """Every image file under ``root`` (sub-folders too), sorted."""
+    return find_files(root)
 
 
 def has_images(folder: Path) -> bool:

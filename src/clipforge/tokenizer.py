@@ -43,6 +43,7 @@ __all__ = [
     "VOCAB_SIZE",
     "Tokenizer",
     "get_tokenizer",
+    "read_merges",
     "tokenize",
 ]
 
@@ -116,14 +117,17 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, map(chr, cs)))
 
 
-def _read_merges(bpe_path: str | None) -> list[str]:
-    """Lines of the merges file (line 0 is a version header), the packaged one by default."""
+def read_merges(bpe_path: str | None = None) -> list[str]:
+    """The merges the vocabulary uses, one "left right" line each, in rank order: the first
+    ``49152 - 256 - 2`` lines after the file's version header, as OpenAI keeps them. From the
+    packaged gzipped merges file by default, else from ``bpe_path``."""
     if bpe_path is None:
         data = resources.files("clipforge.assets").joinpath(_BPE_FILE).read_bytes()
     else:
         with open(bpe_path, "rb") as f:
             data = f.read()
-    return gzip.decompress(data).decode("utf-8").split("\n")
+    lines = gzip.decompress(data).decode("utf-8").split("\n")  # line 0: "#version: 0.2"
+    return lines[1 : _N_MERGES + 1]
 
 
 class Tokenizer:
@@ -136,7 +140,7 @@ class Tokenizer:
     def __init__(self, bpe_path: str | None = None) -> None:
         self.byte_encoder = _bytes_to_unicode()
         self.byte_decoder = {v: k for k, v in self.byte_encoder.items()}
-        merges = [tuple(m.split()) for m in _read_merges(bpe_path)[1 : _N_MERGES + 1]]
+        merges = [tuple(m.split()) for m in read_merges(bpe_path)]
         vocab = list(self.byte_encoder.values())
         vocab += [v + "</w>" for v in vocab]
         vocab += ["".join(m) for m in merges]

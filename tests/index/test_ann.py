@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 
 from clipforge.index import IndexStore
-from clipforge.index.ann import AnnIndex, PQScanIndex, build, exact_top_k, recall_at_k
+from clipforge.index.calibration import exact_top_k, recall_at_k
+from clipforge.index.choose import build, load_index, new_index
+from clipforge.index.pqfs import PQScanIndex
 from clipforge.index.records import ImageRecord
 
 
@@ -53,17 +55,17 @@ def test_pqfs_recall_vs_exact_on_fresh_queries(pqfs, data) -> None:
 
 
 def test_pqfs_exhaustive_rerank_without_gathering(pqfs, data, monkeypatch) -> None:
-    from clipforge.index import ann
+    from clipforge.index import pqfs as pqfs_module
 
     vectors, ids, queries = data
-    monkeypatch.setattr(ann, "RERANK_BYTES", 1024)  # too small to gather: every row is scored
+    monkeypatch.setattr(pqfs_module, "RERANK_BYTES", 1024)  # too small to gather: every row is scored
     found = pqfs.search(queries[:5], 10, nprobe=pqfs.max_effort(10))[1]
     assert (found == truth_ids(vectors, ids, queries[:5])).all()
 
 
 def test_empty_pqfs_returns_no_results(data) -> None:
     vectors, _, queries = data
-    empty = AnnIndex.empty(64, "pqfs", train=vectors)
+    empty = new_index("pqfs", 64, train=vectors)
     found = empty.search(queries[:3], 10)[1]
     assert found.shape == (3, 10) and (found == -1).all() and empty.ntotal == 0
 
@@ -101,7 +103,7 @@ def test_pqfs_save_load_round_trip(pqfs, data, tmp_path: Path) -> None:
     pqfs.remove(ids[:5])  # tombstones are compacted into the file
     path = tmp_path / "vectors.faiss"
     pqfs.save(path)
-    loaded = AnnIndex.load(path, nprobe=pqfs.nprobe)
+    loaded = load_index(path, nprobe=pqfs.nprobe)
     assert isinstance(loaded, PQScanIndex) and loaded.kind == "pqfs" and loaded.nprobe == pqfs.nprobe
     assert (loaded.ids() == pqfs.ids()).all() and loaded.dead.sum() == 0
     for a, b in zip(loaded.search(queries, 10), pqfs.search(queries, 10)):
@@ -115,8 +117,8 @@ def test_other_kinds_round_trip(data, tmp_path: Path, kind: str) -> None:
     vectors, ids, queries = data
     ann, _ = build(vectors, ids, kind)
     ann.save(tmp_path / "x.faiss")
-    loaded = AnnIndex.load(tmp_path / "x.faiss", nprobe=ann.nprobe)
-    assert type(loaded) is AnnIndex and loaded.kind == kind
+    loaded = load_index(tmp_path / "x.faiss", nprobe=ann.nprobe)
+    assert type(loaded) is type(ann) and loaded.kind == kind
     np.testing.assert_array_equal(loaded.search(queries, 10)[1], ann.search(queries, 10)[1])
 
 

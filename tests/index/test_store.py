@@ -190,7 +190,7 @@ def synthetic_store(root: Path, vectors: np.ndarray, folders: int = 10, kind: st
 
 
 def test_ivf_reaches_target_recall_filters_exactly_and_deletes(tmp_path: Path) -> None:
-    from clipforge.index.ann import exact_top_k, recall_at_k
+    from clipforge.index.calibration import exact_top_k, recall_at_k
 
     points = clustered(20_200, 32, 64)
     vectors, queries = points[:20_000], points[20_000:]  # queries: fresh points, same distribution
@@ -218,7 +218,8 @@ def test_ivf_reaches_target_recall_filters_exactly_and_deletes(tmp_path: Path) -
 
 
 def test_index_kind_follows_size_unless_forced(tmp_path: Path) -> None:
-    from clipforge.index.ann import choose_kind, nlist_for
+    from clipforge.index.ann import nlist_for
+    from clipforge.index.choose import choose_kind
 
     assert choose_kind(49_999) == "flat" and choose_kind(50_000) == "ivf" and choose_kind(10, "ivf") == "ivf"
     with pytest.raises(SearchIndexError, match="unknown index kind"):
@@ -300,3 +301,17 @@ def test_read_only_searchers_search_beside_the_writer_and_cannot_write(index_cop
                 reader.store.close()
     finally:
         writer.store.close()
+
+
+def test_index_info_command_imports_neither_torch_nor_faiss(built_index: Path) -> None:
+    import subprocess
+    import sys
+
+    probe = ("import sys\nfrom clipforge.cli import app\n"
+             "try:\n    app(args=['index', 'info', sys.argv[1], '--json'])\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+             "heavy = sorted(m for m in ('torch', 'faiss', 'fastapi') if m in sys.modules)\n"
+             "print('HEAVY', heavy)\n")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", probe, str(built_index)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert '"items": 36' in done.stdout
+    assert "HEAVY []" in done.stdout

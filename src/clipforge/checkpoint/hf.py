@@ -190,7 +190,7 @@ def config_to_hf(config: CLIPConfig) -> dict:
 
 
 def load_hf_dir(path: str | Path, quick_gelu: bool | None = None) -> CLIP:
-    from .io import _activation_message, load_state_dict_safetensors
+    from .io import activation_message, load_state_dict_safetensors
     from .strict import load_strict
 
     path = Path(path)
@@ -204,7 +204,7 @@ def load_hf_dir(path: str | Path, quick_gelu: bool | None = None) -> CLIP:
         )
     config = config_from_hf(hf_config)
     if quick_gelu is not None and quick_gelu != config.quick_gelu:
-        raise CheckpointError(_activation_message(path, config.quick_gelu, quick_gelu))
+        raise CheckpointError(activation_message(path, config.quick_gelu, quick_gelu))
     if (path / "model.safetensors").exists():
         sd = load_state_dict_safetensors(path / "model.safetensors")
     elif (path / "pytorch_model.bin").exists():
@@ -245,12 +245,12 @@ def save_hf_dir(model: CLIP, path: str | Path) -> Path:
 
 
 def _write_processor_files(directory: Path, config: CLIPConfig) -> None:
-    from ..tokenizer import _read_merges, get_tokenizer
+    from ..tokenizer import get_tokenizer, read_merges
     from ..transforms import OPENAI_MEAN, OPENAI_STD
 
     tok = get_tokenizer()
     (directory / "vocab.json").write_text(json.dumps(tok.encoder, ensure_ascii=False))
-    merges = _read_merges(None)[1 : 49152 - 256 - 2 + 1]
+    merges = read_merges()
     (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
     (directory / "tokenizer_config.json").write_text(json.dumps({
         "tokenizer_class": "CLIPTokenizer",

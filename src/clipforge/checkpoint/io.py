@@ -19,7 +19,7 @@ from ..config import CLIPConfig
 from ..errors import CheckpointError
 from ..models.clip import CLIP
 
-__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "save", "load_clipforge", "read_metadata", "atomic_path"]
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "save", "load_clipforge", "read_metadata", "atomic_path", "activation_message"]
 
 FORMAT_NAME = "clipforge"
 FORMAT_VERSION = "1"
@@ -96,13 +96,14 @@ def load_clipforge(path: str | Path, quick_gelu: bool | None = None) -> CLIP:
         )
     config = CLIPConfig.from_json(meta["config"])
     if quick_gelu is not None and quick_gelu != config.quick_gelu:
-        raise CheckpointError(_activation_message(path, config.quick_gelu, quick_gelu))
+        raise CheckpointError(activation_message(path, config.quick_gelu, quick_gelu))
     model = CLIP(config)
     load_strict(model, load_state_dict_safetensors(path), source=str(path))
     return model.eval()
 
 
-def _activation_message(path: Any, stored: bool, requested: bool) -> str:
+def activation_message(path: Any, stored: bool, requested: bool) -> str:
+    """The error every loader raises when ``quick_gelu`` contradicts what the weights were trained with."""
     name = {True: "QuickGELU", False: "GELU"}
     return (
         f"activation mismatch for {path}: the weights were trained with {name[stored]} but "

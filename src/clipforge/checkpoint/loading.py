@@ -95,7 +95,7 @@ def _load_file(path: Path, quick_gelu: bool | None, openai_default: bool) -> CLI
     sidecar = open_clip.read_sidecar_config(path)
     if sidecar is not None:  # written by `clipforge convert --to open_clip`: heads, activation
         if quick_gelu is not None and quick_gelu != sidecar.quick_gelu:
-            raise CheckpointError(io._activation_message(path, sidecar.quick_gelu, quick_gelu))
+            raise CheckpointError(io.activation_message(path, sidecar.quick_gelu, quick_gelu))
         return _from_openai_keys(state, sidecar.quick_gelu, path, sidecar)
     # A plain state dict does not say which activation it was trained with; OpenAI's is QuickGELU.
     return _from_openai_keys(state, openai_default if quick_gelu is None else quick_gelu, path)

@@ -20,6 +20,7 @@ from typing import Callable
 from PIL import Image
 
 from ..errors import DataError
+from ..images import find_files
 from .manifest import Manifest
 from .shards import Job, Plan, build_cached, check_params, spread
 
@@ -96,7 +97,7 @@ def _require(root: Path, package: str, what: str) -> None:
 # --- Tux Paint ---------------------------------------------------------------------------------
 def _stamp_files(root: Path, skipped: Counter[str]) -> list[Path]:
     chosen: dict[Path, Path] = {}
-    for path in sorted(p for p in root.rglob("*") if p.suffix in (".png", ".svg")):
+    for path in find_files(root, {".png", ".svg"}):  # SVG: Tux Paint's vector stamps, rendered by cairosvg
         if path.stem.endswith("_mirror"):  # Tux Paint's pre-mirrored copy of another stamp
             skipped["mirrored copy of another stamp"] += 1
         elif path.with_suffix("") in chosen:  # one stamp as PNG and SVG: keep the PNG (sorted first)
@@ -159,7 +160,7 @@ def openclipart_title(stem: str) -> str:
 def _openclipart_plan(root: Path, limit: int | None) -> Plan:
     skipped: Counter[str] = Counter()
     jobs = []
-    for path in sorted(root.rglob("*.png")):
+    for path in find_files(root, {".png"}):
         title = openclipart_title(path.stem)
         if not title:
             skipped["no title"] += 1

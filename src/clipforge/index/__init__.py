@@ -1,16 +1,34 @@
 """Semantic image search index: SQLite metadata + vectors (source of truth) and a FAISS cache.
 
-Importing this package imports neither FAISS nor FastAPI; FAISS loads when an index is opened.
+Names load on first use, from an explicit table, so reading an index (``IndexStore``,
+``index_info``: `clipforge index info`) imports neither torch, FAISS nor FastAPI; building and
+searching, which run the model, import torch when they are used.
 """
 
-from .build import BuildReport, add_images, build_index, delete_items, index_info
-from .filters import Condition, SearchFilter
-from .moderation import Concept, Moderator, load_concepts
-from .search import Query, Result, Searcher, open_searcher
-from .store import IndexStore, IndexedItem
+from __future__ import annotations
 
-__all__ = [
-    "BuildReport", "build_index", "add_images", "delete_items", "index_info",
-    "Condition", "SearchFilter", "Concept", "Moderator", "load_concepts",
-    "Query", "Result", "Searcher", "open_searcher", "IndexStore", "IndexedItem",
-]  # fmt: skip
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "BuildReport": "build", "build_index": "build", "add_images": "build", "delete_items": "build",
+    "index_info": "info",
+    "Condition": "filters", "SearchFilter": "filters",
+    "Concept": "moderation", "Moderator": "moderation", "load_concepts": "moderation",
+    "Query": "search", "Result": "search", "Searcher": "search", "open_searcher": "search",
+    "IndexStore": "store", "IndexedItem": "store",
+}  # fmt: skip
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value  # cache: later look-ups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -21,7 +21,7 @@ from .records import image_record
 from .search import check_model
 from .store import AddResult, IndexStore
 
-__all__ = ["BuildReport", "build_index", "add_images", "delete_items", "index_info", "format_report"]
+__all__ = ["BuildReport", "build_index", "add_images", "delete_items", "format_report"]
 
 Progress = Callable[[int, int], None]  # (files done, files in all)
 
@@ -109,9 +109,3 @@ def delete_items(index: str | Path, ids: Sequence[int]) -> list[int]:
     """Delete items by id -> the ids that existed (unknown ids are ignored and not returned)."""
     with IndexStore.open(index) as store:
         return store.delete(list(ids))
-
-
-def index_info(index: str | Path) -> dict[str, Any]:
-    """Counts, model and index parameters, read without taking the write lock."""
-    with IndexStore.open(index, writable=False) as store:
-        return store.summary()

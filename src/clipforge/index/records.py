@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-from ..inference.image_batches import DecodedImage
+if TYPE_CHECKING:  # not at run time: the store (and `clipforge index info`) must not import torch
+    from ..inference.image_batches import DecodedImage
 
 __all__ = ["ImageRecord", "image_record"]
 

@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..errors import DataError, SearchIndexError
-from ..images import MAX_IMAGE_PIXELS, decode_image
+from ..images import MAX_IMAGE_PIXELS, SUFFIX_BY_FORMAT, decode_image
 from .embedder import Embedder, combine_queries, load_embedder
 from .filters import SearchFilter
 from .moderation import Moderator, load_concepts
@@ -151,16 +151,6 @@ class Searcher:
         vector = self.embedder.image_bytes(data, self.max_pixels)
         return self.moderator.describe(self.moderator.scores(vector[None])[0])
 
-    def clip_score(self, data: bytes, captions: Sequence[str]) -> list[float]:
-        """CLIPScore (Hessel et al. 2021: 2.5 * max(cos, 0)) of one image with each caption."""
-        from ..eval.clip_score import clip_score
-
-        if not captions or any(not c.strip() for c in captions):
-            raise DataError("give at least one non-empty caption to score")
-        image = decode_image(data, self.max_pixels)
-        scores = clip_score(self.embedder.model, [image] * len(captions), list(captions), reduce=False)
-        return [round(float(s), 6) for s in scores]
-
     # ---- writing through the service -----------------------------------------------------
     def add_image(
         self, data: bytes, filename: str = "", *, caption: str | None = None, tags: Sequence[str] = (),
@@ -187,12 +177,12 @@ class Searcher:
             return self.store.delete(ids)
 
 
-_SUFFIXES = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tif"}
 
 
 def _suffix_for(fmt: str | None, filename: str) -> str:
     """The stored file's suffix follows the decoded format, not the name the client sent."""
-    return _SUFFIXES.get(fmt or "", Path(filename).suffix.lower() if Path(filename).suffix.lower() in _SUFFIXES.values() else ".img")
+    named = Path(filename).suffix.lower()
+    return SUFFIX_BY_FORMAT.get(fmt or "", named if named in SUFFIX_BY_FORMAT.values() else ".img")
 
 
 def _is_flagged(result: Result, only: list[str] | None) -> bool:

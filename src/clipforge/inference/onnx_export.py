@@ -29,14 +29,22 @@ from ..checkpoint.io import atomic_path
 from ..errors import ClipforgeError
 from ..models.clip import CLIP
 from ..transforms import OPENAI_MEAN, OPENAI_STD
+from .onnx_common import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    IMAGE_FILE,
+    META_FILE,
+    TEXT_FILE,
+    check_onnx,
+    prepare_out_dir,
+    read_onnx_meta,
+    write_meta,
+)
 
+# The file names and read_onnx_meta live in onnx_common (shared with quantize and onnx_runtime);
+# they stay importable from here, where callers first looked for them.
 __all__ = ["export_onnx", "export_model", "read_onnx_meta", "IMAGE_FILE", "TEXT_FILE", "META_FILE", "DEFAULT_OPSET"]
 
-IMAGE_FILE = "image_encoder.onnx"
-TEXT_FILE = "text_encoder.onnx"
-META_FILE = "clipforge_onnx.json"
-FORMAT_NAME = "clipforge-onnx"
-FORMAT_VERSION = 1
 # 18: the dynamo exporter's native opset (LayerNormalization, ReduceL2 with axes as input);
 # onnxruntime >= 1.14 runs it on every execution provider.
 DEFAULT_OPSET = 18
@@ -84,7 +92,7 @@ def export_onnx(
     is written atomically; the caller's model is left in the mode (train/eval) it was in.
     """
     towers = _check_towers(towers)
-    out_dir = _prepare_out_dir(out_dir)
+    out_dir = prepare_out_dir(out_dir)
     model = _fp32(model)
     paths: dict[str, Path] = {}
     with _eval_mode(model):
@@ -115,18 +123,6 @@ def _check_towers(towers: Sequence[str]) -> tuple[Tower, ...]:
     if unknown or not towers:
         raise ClipforgeError(f"towers must be a non-empty subset of ('image', 'text'), got {tuple(towers)}")
     return tuple(t for t in ("image", "text") if t in towers)  # type: ignore[misc]
-
-
-def _prepare_out_dir(out_dir: str | Path) -> Path:
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ClipforgeError(f"{out_dir} is a file; give a directory to write the ONNX files into")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        message = f"cannot create the output directory {out_dir} ({e.strerror}); choose another --out"
-        raise ClipforgeError(message) from None
-    return out_dir
 
 
 def _fp32(model: CLIP) -> CLIP:
@@ -163,7 +159,7 @@ def _export_tower(model: CLIP, tower: Tower, out_dir: Path, opset: int, exporter
             _export_torchscript(wrapper.eval(), args, names, dims, tmp, opset)
         else:
             raise ClipforgeError(f"unknown exporter {exporter!r}; use 'dynamo' or 'torchscript'")
-        _check_onnx(tmp, tower)
+        check_onnx(tmp, tower)
     return path
 
 
@@ -227,15 +223,6 @@ def _quiet_export() -> Iterator[None]:
         yield
 
 
-def _check_onnx(path: Path, tower: str) -> None:
-    import onnx
-
-    try:
-        onnx.checker.check_model(str(path), full_check=True)
-    except Exception as e:  # onnx raises ValidationError or InferenceError
-        raise ClipforgeError(f"the exported {tower} tower is not a valid ONNX model ({e})") from None
-
-
 def _write_meta(model: CLIP, out_dir: Path, opset: int, exporter: str, towers: Sequence[str]) -> Path:
     meta = {
         "format": FORMAT_NAME,
@@ -255,26 +242,3 @@ def _write_meta(model: CLIP, out_dir: Path, opset: int, exporter: str, towers: S
         "quantization": None,
     }
     return write_meta(meta, out_dir)
-
-
-def write_meta(meta: dict, out_dir: Path) -> Path:
-    path = Path(out_dir) / META_FILE
-    with atomic_path(path, suffix=".json") as tmp:
-        tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    return path
-
-
-def read_onnx_meta(onnx_dir: str | Path) -> dict:
-    """The JSON written beside the graphs; a clear error when the folder is not an export."""
-    path = Path(onnx_dir) / META_FILE
-    if not path.is_file():
-        raise ClipforgeError(f"{onnx_dir} has no {META_FILE}; export a model with `clipforge export-onnx` first")
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise ClipforgeError(f"{path} is not readable JSON ({e}); export the model again") from None
-    if meta.get("format") != FORMAT_NAME or meta.get("format_version") != FORMAT_VERSION:
-        raise ClipforgeError(
-            f"{path} is not a clipforge ONNX export of format version {FORMAT_VERSION}; export the model again"
-        )
-    return meta

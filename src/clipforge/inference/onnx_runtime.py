@@ -17,7 +17,7 @@ import torch
 
 from ..errors import ClipforgeError
 from ..tokenizer import tokenize
-from .onnx_export import IMAGE_FILE, TEXT_FILE, read_onnx_meta
+from .onnx_common import IMAGE_FILE, TEXT_FILE, read_onnx_meta
 
 __all__ = ["OnnxEngine", "session_options"]
 

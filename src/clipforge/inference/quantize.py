@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from ..checkpoint.io import atomic_path
 from ..errors import ClipforgeError
-from .onnx_export import _check_onnx, _prepare_out_dir, read_onnx_meta, write_meta
+from .onnx_common import check_onnx, prepare_out_dir, read_onnx_meta, write_meta
 
 __all__ = ["quantize_int8", "quantization_cost", "QuantizationCost", "DEFAULT_OP_TYPES"]
 
@@ -48,7 +48,7 @@ def quantize_int8(
     meta = read_onnx_meta(onnx_dir)
     if meta.get("quantization"):
         raise ClipforgeError(f"{onnx_dir} is already quantised; quantise the float32 export instead")
-    src, out = Path(onnx_dir), _prepare_out_dir(out_dir)
+    src, out = Path(onnx_dir), prepare_out_dir(out_dir)
     if out.resolve() == src.resolve():
         raise ClipforgeError("the int8 output folder must differ from the float32 one; give another out_dir")
     paths = {
@@ -69,7 +69,7 @@ def _quantize_file(src: Path, dst: Path, per_channel: bool, op_types: Sequence[s
             src, tmp, op_types_to_quantize=list(op_types), per_channel=per_channel,
             weight_type=QuantType.QInt8,  # signed weights: the symmetric range onnxruntime's x86 kernels expect
         )  # fmt: skip
-        _check_onnx(tmp, src.stem)
+        check_onnx(tmp, src.stem)
     return dst
 
 

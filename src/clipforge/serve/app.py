@@ -22,13 +22,10 @@ queries meet in micro-batches (index/batching.py) for the text tower and unfilte
 
 from __future__ import annotations
 
-import base64
-import binascii
 import io
 import os
 import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -39,28 +36,19 @@ from fastapi.staticfiles import StaticFiles
 
 from .. import __version__
 from ..errors import ClipforgeError, ConfigError, DataError, SearchIndexError
-from ..index.embed import MAX_IMAGE_PIXELS, decode_image
+from ..eval.clip_score import clip_score
+from ..images import MAX_IMAGE_PIXELS, MEDIA_TYPES, decode_image
 from ..index.search import MAX_K, MAX_QUERY_CHARS, Query, Result, Searcher, open_searcher
 from ..index.store import IndexedItem
+from .deps import DEFAULT_MAX_UPLOAD_BYTES, Settings, decode_base64, get_searcher, get_settings
 from .guards import BodyLimit, check_same_origin, check_token
 from .schemas import AddResponse, DeleteResponse, FilterModel, HealthResponse, ResultModel, ScoreResponse, SearchRequest, SearchResponse
 
 __all__ = ["Settings", "create_app", "serve", "DEFAULT_MAX_UPLOAD_BYTES"]
 
-DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 ItemId = Annotated[int, PathParam(ge=0, le=2**62, description="An item id from a search result.")]
-_MEDIA_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".gif": "image/gif",
-                ".webp": "image/webp", ".bmp": "image/bmp", ".tif": "image/tiff", ".tiff": "image/tiff"}  # fmt: skip
 # The page loads only its own script, style and images.
 _PAGE_CSP = "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; object-src 'none'; base-uri 'none'"
-
-
-@dataclass(frozen=True)
-class Settings:
-    index_name: str
-    token: str | None = None
-    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
-    max_pixels: int = MAX_IMAGE_PIXELS
 
 
 def create_app(
@@ -120,14 +108,6 @@ def _add_error_handlers(app: FastAPI) -> None:
 router = APIRouter()
 
 
-def _searcher(request: Request) -> Searcher:
-    return request.app.state.searcher
-
-
-def _settings(request: Request) -> Settings:
-    return request.app.state.settings
-
-
 @router.get("/", include_in_schema=False)
 def page() -> Response:
     return FileResponse(Path(_static_dir()) / "index.html", headers={"Content-Security-Policy": _PAGE_CSP})
@@ -135,13 +115,13 @@ def page() -> Response:
 
 @router.get("/health", response_model=HealthResponse, tags=["service"])
 def health(request: Request) -> HealthResponse:
-    s = _searcher(request)
+    s = get_searcher(request)
     return HealthResponse(status="ok", items=s.store.count(), model=s.embedder.model_ref)
 
 
 @router.get("/api/info", tags=["service"])
 def info(request: Request) -> dict[str, Any]:
-    s, settings = _searcher(request), _settings(request)
+    s, settings = get_searcher(request), get_settings(request)
     return {
         "index": settings.index_name, **s.store.summary(), "concepts": s.moderator.names,
         "max_upload_bytes": settings.max_upload_bytes, "max_pixels": settings.max_pixels,
@@ -161,15 +141,6 @@ def result_model(r: Result) -> ResultModel:
     )  # fmt: skip
 
 
-def decode_base64(data: str | None) -> bytes | None:
-    if data is None:
-        return None
-    try:
-        return base64.b64decode(data.split(",", 1)[-1] if data.startswith("data:") else data, validate=True)
-    except (binascii.Error, ValueError):
-        raise DataError("the image is not valid base64; send the file's bytes base64-encoded") from None
-
-
 @router.post("/api/search", response_model=SearchResponse, tags=["search"])
 def search(body: SearchRequest, request: Request) -> SearchResponse:
     start = time.perf_counter()
@@ -179,7 +150,7 @@ def search(body: SearchRequest, request: Request) -> SearchResponse:
         text_weight=body.text_weight, image_weight=body.image_weight,
     )  # fmt: skip
     flt = body.filters.to_filter() if body.filters else None
-    results = _searcher(request).search(query, body.k, flt, body.hide_flagged)
+    results = get_searcher(request).search(query, body.k, flt, body.hide_flagged)
     return SearchResponse(results=[result_model(r) for r in results], took_ms=round(1000 * (time.perf_counter() - start), 2))
 
 
@@ -215,13 +186,13 @@ def search_upload(
     start = time.perf_counter()
     query = Query(text=text or None, image=_read_upload(file), text_weight=text_weight, image_weight=image_weight)
     flt = _parse_filters(filters)
-    results = _searcher(request).search(query, k, flt.to_filter() if flt else None, hide_flagged)
+    results = get_searcher(request).search(query, k, flt.to_filter() if flt else None, hide_flagged)
     return SearchResponse(results=[result_model(r) for r in results], took_ms=round(1000 * (time.perf_counter() - start), 2))
 
 
 # ---- items --------------------------------------------------------------------------------
 def _item(request: Request, item_id: int) -> IndexedItem:
-    item = _searcher(request).store.items([item_id]).get(item_id)
+    item = get_searcher(request).store.items([item_id]).get(item_id)
     if item is None:
         raise HTTPException(404, f"no item with id {item_id}; ids come from search results")
     return item
@@ -238,19 +209,19 @@ def item_image(item_id: ItemId, request: Request) -> Response:
     path = Path(_item(request, item_id).path)  # from the index's own table, never from the client
     if not path.is_file():
         raise HTTPException(404, f"item {item_id}'s file is no longer on disk; delete the item or restore the file")
-    media = _MEDIA_TYPES.get(path.suffix.lower(), "application/octet-stream")
+    media = MEDIA_TYPES.get(path.suffix.lower(), "application/octet-stream")
     return FileResponse(path, media_type=media, headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "max-age=3600"})
 
 
 @router.get("/api/items/{item_id}/thumbnail", tags=["items"])
 def item_thumbnail(item_id: ItemId, request: Request, size: int = QueryParam(256, ge=16, le=1024)) -> Response:
     item = _item(request, item_id)
-    cache = _searcher(request).store.root / "thumbs" / f"{item.id}_{size}.jpg"
+    cache = get_searcher(request).store.root / "thumbs" / f"{item.id}_{size}.jpg"
     if not cache.is_file():
         source = Path(item.path)
         if not source.is_file():
             raise HTTPException(404, f"item {item_id}'s file is no longer on disk; delete the item or restore the file")
-        _write_thumbnail(source, cache, size, _settings(request).max_pixels)
+        _write_thumbnail(source, cache, size, get_settings(request).max_pixels)
     return FileResponse(cache, media_type="image/jpeg", headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "max-age=3600"})
 
 
@@ -276,10 +247,10 @@ def add_item(
     near_duplicate: Optional[float] = Form(None, ge=0, le=1, description="Skip if this similar (cosine) to an item."),
 ) -> Response:
     check_same_origin(request)
-    check_token(request, _settings(request).token)
+    check_token(request, get_settings(request).token)
     tag_list = [t.strip() for t in tags.split(",") if t.strip()]
-    result = _searcher(request).add_image(_read_upload(file), file.filename or "", caption=caption, tags=tag_list,
-                                          folder=folder, near_duplicate=near_duplicate)  # fmt: skip
+    result = get_searcher(request).add_image(_read_upload(file), file.filename or "", caption=caption, tags=tag_list,
+                                             folder=folder, near_duplicate=near_duplicate)  # fmt: skip
     if result.ids:
         return JSONResponse(AddResponse(id=result.ids[0]).model_dump(), status_code=201)
     if result.duplicates:
@@ -291,8 +262,8 @@ def add_item(
 @router.delete("/api/items/{item_id}", response_model=DeleteResponse, tags=["items"])
 def delete_item(item_id: ItemId, request: Request) -> DeleteResponse:
     check_same_origin(request)
-    check_token(request, _settings(request).token)
-    deleted = _searcher(request).delete([item_id])
+    check_token(request, get_settings(request).token)
+    deleted = get_searcher(request).delete([item_id])
     if not deleted:
         raise HTTPException(404, f"no item with id {item_id}; nothing was deleted")
     return DeleteResponse(deleted=deleted)
@@ -302,7 +273,7 @@ def delete_item(item_id: ItemId, request: Request) -> DeleteResponse:
 @router.post("/api/moderate", tags=["tools"])
 def moderate(request: Request, file: UploadFile = File(...)) -> dict[str, Any]:
     """Per-concept scores (softmax mass on the concept's prompts vs its neutral prompts)."""
-    return {"moderation": _searcher(request).moderate(_read_upload(file))}
+    return {"moderation": get_searcher(request).moderate(_read_upload(file))}
 
 
 @router.post("/api/score", response_model=ScoreResponse, tags=["tools"])
@@ -310,7 +281,12 @@ def score(request: Request, file: UploadFile = File(...), captions: list[str] = 
     """CLIPScore of the image with each caption (Hessel et al. 2021)."""
     if any(len(c) > MAX_QUERY_CHARS for c in captions):
         raise DataError(f"captions are limited to {MAX_QUERY_CHARS:,} characters")
-    return ScoreResponse(scores=_searcher(request).clip_score(_read_upload(file), captions))
+    if not captions or any(not c.strip() for c in captions):
+        raise DataError("give at least one non-empty caption to score")
+    searcher = get_searcher(request)
+    image = decode_image(_read_upload(file), searcher.max_pixels)
+    scores = clip_score(searcher.embedder.model, [image] * len(captions), list(captions), reduce=False)
+    return ScoreResponse(scores=[round(float(s), 6) for s in scores])
 
 
 def serve(

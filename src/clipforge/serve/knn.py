@@ -27,6 +27,7 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from ..index.search import Query, Result, Searcher
+from .deps import decode_base64, get_searcher, get_settings
 from .schemas import KnnRequest, MetadataRequest
 
 __all__ = ["router", "SAFETY_CONCEPTS", "VIOLENCE_CONCEPTS", "DEDUP_THRESHOLD"]
@@ -51,14 +52,14 @@ async def _json_body(request: Request, model: type) -> Any:
 
 
 def _check_index(request: Request, name: str | None) -> None:
-    own = request.app.state.settings.index_name
+    own = get_settings(request).index_name
     if name not in (None, "", own):
         raise HTTPException(404, f"no index named {name!r}; this service has {own!r} (see /indices-list)")
 
 
 @router.get("/indices-list")
 def indices_list(request: Request) -> list[str]:
-    return [request.app.state.settings.index_name]
+    return [get_settings(request).index_name]
 
 
 @router.post("/knn-service")
@@ -67,7 +68,7 @@ async def knn_service(request: Request) -> list[dict[str, Any]]:
     _check_index(request, body.indice_name)
     _check_supported(body)
     base = str(request.base_url).rstrip("/")
-    return await run_in_threadpool(_knn, request.app.state.searcher, body, base)
+    return await run_in_threadpool(_knn, get_searcher(request), body, base)
 
 
 def _check_supported(body: KnnRequest) -> None:
@@ -82,8 +83,6 @@ def _check_supported(body: KnnRequest) -> None:
 
 
 def _query(body: KnnRequest) -> Query:
-    from .app import decode_base64
-
     if body.text:  # clip-back's order of precedence: text, then image, then embedding
         return Query(text=body.text)
     if body.image is not None:
@@ -128,6 +127,6 @@ async def metadata(request: Request) -> list[dict[str, Any]]:
     body: MetadataRequest = await _json_body(request, MetadataRequest)
     _check_index(request, body.indice_name)
     base = str(request.base_url).rstrip("/")
-    items = request.app.state.searcher.store.items([i for i in body.ids if 0 <= i <= 2**62])
+    items = get_searcher(request).store.items([i for i in body.ids if 0 <= i <= 2**62])
     return [{"id": i, "metadata": _metadata(items[i], base) if i in items else {}} for i in body.ids]
 

@@ -191,3 +191,23 @@ def test_private_check_finds_private_uses() -> None:
     assert [line for line, _ in found] == [1, 2, 5]
     assert "clipforge.checkpoint.io._helper" in found[-1][1]
     assert private_uses("from .. import __version__\n", "clipforge.serve.app") == []
+
+
+def test_every_module_lists_its_public_names() -> None:
+    """Each module with code says what it exports (``__all__``), and every listed name exists."""
+    import importlib
+
+    package = Path(clipforge.__file__).parent
+    missing, dangling = [], []
+    for path in sorted(package.rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        has_code = any(isinstance(node, (ast.FunctionDef, ast.ClassDef, ast.Import, ast.ImportFrom)) for node in tree.body)
+        if path.name == "__main__.py" or not has_code:
+            continue
+        name = "clipforge." + ".".join(path.relative_to(package).with_suffix("").parts).removesuffix(".__init__")
+        module = importlib.import_module(name)
+        if not hasattr(module, "__all__"):
+            missing.append(name)
+        else:
+            dangling += [f"{name}.{n}" for n in module.__all__ if not hasattr(module, n)]
+    assert missing == [] and dangling == []

@@ -14,6 +14,8 @@ import typer
 
 from .errors import ClipforgeError, DataError
 
+__all__ = ["app", "main"]
+
 app = typer.Typer(
     name="clipforge",
     help="Train, convert, evaluate and serve CLIP models.",

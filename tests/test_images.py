@@ -174,3 +174,10 @@ def test_only_images_py_walks_folders_or_names_suffixes() -> None:
                  if p.name != "images.py" and ("rglob(" in p.read_text() or "os.walk(" in p.read_text()
                                                or '".webp"' in p.read_text())]  # fmt: skip
     assert offenders == []
+
+
+def test_a_dark_16_bit_png_stays_dark() -> None:
+    """16-bit samples are scaled as 16-bit even when none exceeds 255 (not taken as 8-bit)."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((8, 8), 200, dtype=np.uint16)).save(buffer, "PNG")  # 200 / 65535: near black
+    assert np.asarray(decode_image(buffer.getvalue())).max() == 0

@@ -136,7 +136,9 @@ def _to_8_bit(image: Image.Image) -> Image.Image:
     high = float(samples.max()) if samples.size else 0.0
     if image.mode == "F":
         scale = 255.0 if high <= 1.0 else 1.0  # floats in 0-1 (the usual), else taken as 0-255
-    else:
+    elif image.mode.startswith("I;16"):  # known 16-bit: scaled as such, even when all dark
+        scale = 1 / 256
+    else:  # 32-bit integers: the range says what they hold
         scale = 1.0 if high <= 255 else (1 / 256 if high <= 65535 else 255 / high)
     out = Image.fromarray(np.clip(samples * scale, 0, 255).astype(np.uint8), "L")
     out.format = image.format

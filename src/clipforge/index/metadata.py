@@ -131,7 +131,7 @@ class MetadataDB:
         """Items and their vectors, in one transaction."""
         with _transaction(self.conn):
             for start in range(0, len(ids), 10_000):
-                arg = json.dumps([int(i) for i in ids[start : start + 10_000]])
+                arg = _json_ids(ids[start : start + 10_000])
                 self.conn.execute(f"DELETE FROM items WHERE id IN ({_IDS})", (arg,))
                 self.conn.execute(f"DELETE FROM vectors WHERE id IN ({_IDS})", (arg,))
 
@@ -188,7 +188,7 @@ class MetadataDB:
         return None if row is None else int(row[0])
 
     def has_sha256(self, sha256: str) -> bool:
-        return self.conn.execute("SELECT 1 FROM items WHERE sha256 = ?", (sha256,)).fetchone() is not None
+        return self.id_of_sha256(sha256) is not None
 
     def filter_ids(self, flt: SearchFilter) -> np.ndarray:
         """(n,) ids of the items the filter keeps."""

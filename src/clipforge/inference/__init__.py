@@ -11,7 +11,7 @@ packing for bf16 on CPUs (``pack_for_inference``, which the engine applies by it
 from .allocator import keep_freed_memory
 from .engine import Engine, EngineConfig, as_engine
 from .image_batches import DecodedImage, ImageBatch, embed_image_batches
-from .in_memory import EmbedResult, embed_images, embed_texts, list_images
+from .in_memory import EmbedResult, embed_images, embed_records, embed_texts, list_images
 from .onnx_export import export_onnx
 from .onnx_runtime import OnnxEngine
 from .packed import pack_for_inference
@@ -21,7 +21,7 @@ from .stream import EmbedSummary, embed_collection
 
 __all__ = [
     "Collection", "DecodedImage", "EmbedResult", "EmbedSummary", "Engine", "EngineConfig", "ImageBatch",
-    "OnnxEngine", "Record", "as_engine", "embed_collection", "embed_image_batches", "embed_images", "embed_texts",
-    "export_onnx", "keep_freed_memory", "list_images", "open_images", "open_texts", "pack_for_inference",
-    "quantization_cost", "quantize_int8",
+    "OnnxEngine", "Record", "as_engine", "embed_collection", "embed_image_batches", "embed_images",
+    "embed_records", "embed_texts", "export_onnx", "keep_freed_memory", "list_images", "open_images", "open_texts",
+    "pack_for_inference", "quantization_cost", "quantize_int8",
 ]  # fmt: skip

@@ -104,13 +104,15 @@ def _single_file(
 ) -> Path:
     """The whole collection into one .npy (float32) and a .txt naming each row's item."""
     from ..checkpoint.io import atomic_path
-    from .in_memory import embed_texts
+    from .image_batches import default_workers
+    from .in_memory import embed_records, embed_texts
 
     if collection.kind == "text":
-        vectors = embed_texts(engine, collection.texts, batch_size=batch_size).embeddings
-        items, skipped = collection.texts, []
+        result = embed_texts(engine, collection.texts, batch_size=batch_size)
     else:
-        vectors, items, skipped = _all_images(engine, preprocess, collection, batch_size, workers)
+        workers = default_workers() if workers is None else workers
+        result = embed_records(engine, preprocess, collection.records, batch_size=batch_size, workers=workers)
+    vectors, items, skipped = result.embeddings, result.items, list(result.skipped.items())
     with atomic_path(out, suffix=".npy") as tmp:
         np.save(tmp, vectors)
     with atomic_path(out.with_suffix(".txt")) as tmp:
@@ -119,19 +121,3 @@ def _single_file(
     for item, why in [(s["path"], s["reason"]) for s in collection.skipped] + skipped:
         print(f"skipped {item}: {why}")
     return out
-
-
-def _all_images(
-    engine: Engine, preprocess: Preprocess, collection: Collection, batch_size: int, workers: int | None
-) -> tuple[np.ndarray, list[str], list[tuple[str, str]]]:
-    """-> ((rows, embed_dim) float32, the item of each row, [(item, why skipped)]), in memory."""
-    from .image_batches import batch_ranges, default_workers, embed_image_batches
-
-    records = collection.records
-    workers = default_workers() if workers is None else workers
-    batches = batch_ranges(0, len(records), batch_size)
-    done = list(embed_image_batches(engine, preprocess, records, batches, workers=workers))
-    vectors = np.concatenate([b.vectors for b in done])  # (rows, embed_dim)
-    items = [records[d.index].ref for b in done for d in b.images]
-    skipped = [(records[i].ref, why) for b in done for i, why in b.skipped]
-    return vectors, items, skipped

@@ -23,7 +23,7 @@ from .engine import Engine, as_engine
 from .image_batches import batch_ranges, embed_image_batches
 from .reader import Record
 
-__all__ = ["EmbedResult", "list_images", "embed_images", "embed_texts"]
+__all__ = ["EmbedResult", "list_images", "embed_images", "embed_records", "embed_texts"]
 
 
 @dataclass
@@ -55,16 +55,32 @@ def embed_images(
 ) -> EmbedResult:
     """Image files -> their embeddings in order (unreadable ones left out and listed in ``skipped``).
     ``precision`` applies when a model (not an Engine) is given."""
-    engine = as_engine(model, precision, batch_size)
     records = [Record(str(p)) for p in paths]
+    return embed_records(model, preprocess, records, batch_size=batch_size, workers=workers, progress=progress,
+                         precision=precision)  # fmt: skip
+
+
+def embed_records(
+    model: CLIP | Engine,
+    preprocess: Preprocess,
+    records: Sequence[Record],
+    *,
+    batch_size: int = 64,
+    workers: int = 0,
+    progress: Callable[[int], None] | None = None,
+    precision: str = "fp32",
+) -> EmbedResult:
+    """``embed_images`` for any records (files, shard samples): items and skipped are named by
+    each record's ``ref``."""
+    engine = as_engine(model, precision, batch_size)
     rows: list[np.ndarray] = []
     items: list[str] = []
     skipped: dict[str, str] = {}
     batches = batch_ranges(0, len(records), batch_size)
     for batch in embed_image_batches(engine, preprocess, records, batches, workers=workers):
         rows.append(batch.vectors)
-        items.extend(str(paths[d.index]) for d in batch.images)
-        skipped.update({str(paths[i]): why for i, why in batch.skipped})
+        items.extend(records[d.index].ref for d in batch.images)
+        skipped.update({records[i].ref: why for i, why in batch.skipped})
         if progress:
             progress(len(batch.indices))
     return EmbedResult(_stack(rows, engine.embed_dim), items, skipped)

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Callable, Generic, Sequence, TypeVar
 import numpy as np
 
 if TYPE_CHECKING:
+    from ..index.ann_search import Hits
     from ..index.search import Searcher
 
 __all__ = ["MicroBatcher", "QueryBatchers", "batch_concurrent_queries"]
@@ -107,9 +108,6 @@ class MicroBatcher(Generic[T, R]):
             return
         for (_, future), result in zip(batch, results):
             future.set_result(result)
-
-
-Hits = list[tuple[int, float]]
 
 
 @dataclass(frozen=True)

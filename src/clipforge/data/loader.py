@@ -13,17 +13,15 @@
 
 from __future__ import annotations
 
-import hashlib
 import random
-from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
+from typing import Callable, Sequence
 
 import torch
 from PIL import Image
 
 from ..errors import DataError
+from .batch import Batch, Skipped, SkipCounter, mix_seed, prepare_sample, skip_reason
 from .items import Item
 from .sources import Source, load_items
 
@@ -33,59 +31,6 @@ __all__ = ["Batch", "Skipped", "SkipCounter", "CaptionedImages", "epoch_batches"
 # Tries per sample before the data set counts as broken. With a fraction f of bad samples the
 # chance of 64 misses in a row is f**64: about 1e-6 even at f = 0.8.
 _MAX_TRIES = 64
-
-
-class Skipped(NamedTuple):
-    key: str
-    reason: str  # "no caption" or the exception's type name
-
-    def __str__(self) -> str:
-        return f"{self.key} ({self.reason})"
-
-
-@dataclass
-class Batch:
-    images: torch.Tensor  # (batch, 3, H, W)
-    tokens: torch.Tensor  # (batch, context_length)
-    skipped: list[Skipped] = field(default_factory=list)  # samples replaced in this batch
-
-    def __iter__(self) -> Iterator[torch.Tensor]:
-        # images, tokens = batch
-        return iter((self.images, self.tokens))
-
-    def pin_memory(self) -> "Batch":  # called by DataLoader(pin_memory=True)
-        return Batch(self.images.pin_memory(), self.tokens.pin_memory(), self.skipped)
-
-
-class SkipCounter:
-    """Running totals of replaced samples, by reason: ``counter.update(batch)`` each step,
-    ``counter.as_dict()`` in the log."""
-
-    def __init__(self) -> None:
-        self.by_reason: Counter[str] = Counter()
-        self.examples: dict[str, str] = {}  # reason -> first key seen with it
-
-    def update(self, skipped: Batch | Iterable[Skipped]) -> None:
-        for s in skipped.skipped if isinstance(skipped, Batch) else skipped:
-            self.by_reason[s.reason] += 1
-            self.examples.setdefault(s.reason, s.key)
-
-    @property
-    def total(self) -> int:
-        return sum(self.by_reason.values())
-
-    def as_dict(self) -> dict[str, int]:
-        return dict(sorted(self.by_reason.items()))
-
-    def __str__(self) -> str:
-        parts = [f"{n} {reason} (e.g. {self.examples[reason]})" for reason, n in sorted(self.by_reason.items())]
-        return f"{self.total} samples skipped" + (": " + "; ".join(parts) if parts else "")
-
-
-def _mix(*numbers: int) -> int:
-    """A stable 63-bit seed from integers (Python's ``hash`` differs between builds)."""
-    digest = hashlib.blake2b(":".join(map(str, numbers)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
 
 
 class CaptionedImages(torch.utils.data.Dataset):
@@ -98,20 +43,17 @@ class CaptionedImages(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, str, list[Skipped]]:
-        sample_seed = _mix(self.seed, self.epoch, index)
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, str, list[Skipped], str]:
+        sample_seed = mix_seed(self.seed, self.epoch, index)
         probe = random.Random(sample_seed)
         skipped: list[Skipped] = []
         candidate = index
         for _ in range(_MAX_TRIES):
-            found = self._read(self.items[candidate], probe, skipped)
-            if found is not None:
-                image, caption = found
-                # Augmentation draws from torch's generator: seed it per sample so a resumed run,
-                # or one with more workers, crops this sample the same way.
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(sample_seed)
-                    return self.preprocess(image), caption, skipped
+            item = self.items[candidate]
+            image = self._read(item, skipped)
+            if image is not None:
+                tensor, caption = prepare_sample(image, item.captions, sample_seed, self.preprocess)
+                return tensor, caption, skipped, item.key
             # A replacement drawn at random rather than the next item: bad files often sit
             # together (a missing folder), and a random jump leaves such a run at once.
             candidate = probe.randrange(len(self.items))
@@ -120,19 +62,15 @@ class CaptionedImages(torch.utils.data.Dataset):
                         "unreadable or uncaptioned; check the paths and files")  # fmt: skip
 
     @staticmethod
-    def _read(item: Item, rng: random.Random, skipped: list[Skipped]) -> tuple[Image.Image, str] | None:
-        captions = [c for c in item.captions if c.strip()]
-        if not captions:
+    def _read(item: Item, skipped: list[Skipped]) -> Image.Image | None:
+        if not any(c.strip() for c in item.captions):
             skipped.append(Skipped(item.key, "no caption"))
             return None
         try:
-            image = item.open_image()
+            return item.open_image()
         except Exception as e:  # noqa: BLE001  any undecodable file (PIL raises many types)
-            # Counted by the underlying error (OSError, UnidentifiedImageError), not our wrapper.
-            cause = e.__cause__ if isinstance(e, DataError) and e.__cause__ is not None else e
-            skipped.append(Skipped(item.key, type(cause).__name__))
+            skipped.append(Skipped(item.key, skip_reason(e)))
             return None
-        return image, rng.choice(captions)
 
 
 def epoch_batches(n: int, batch_size: int, *, seed: int, epoch: int, rank: int = 0, world_size: int = 1,
@@ -149,7 +87,7 @@ def epoch_batches(n: int, batch_size: int, *, seed: int, epoch: int, rank: int =
     """
     _check_batching(n, batch_size, rank, world_size)
     global_batch = batch_size * world_size
-    g = torch.Generator().manual_seed(_mix(seed, epoch) % 2**63)
+    g = torch.Generator().manual_seed(mix_seed(seed, epoch) % 2**63)
     order = torch.randperm(n, generator=g).tolist()
     if concepts is not None:
         order = _spread_concepts(order, concepts, global_batch)
@@ -211,10 +149,10 @@ class _Collate:
     def __init__(self, tokenize: Callable[[list[str]], torch.Tensor]) -> None:
         self.tokenize = tokenize
 
-    def __call__(self, samples: list[tuple[torch.Tensor, str, list[Skipped]]]) -> Batch:
+    def __call__(self, samples: list[tuple[torch.Tensor, str, list[Skipped], str]]) -> Batch:
         images = torch.stack([s[0] for s in samples])  # (batch, 3, H, W)
         tokens = self.tokenize([s[1] for s in samples])  # (batch, context_length)
-        return Batch(images, tokens, [k for s in samples for k in s[2]])
+        return Batch(images, tokens, [k for s in samples for k in s[2]], [s[3] for s in samples])
 
 
 def make_loader(source: Sequence[Item] | Source | str | Path, preprocess: Callable[[Image.Image], torch.Tensor],

@@ -20,6 +20,14 @@ LOSSES = ("clip", "siglip")
 @dataclass(frozen=True)
 class DataConfig:
     train: str = "synthetic:512"  # CSV/TSV, JSONL, image folder, .tar shards, a built data set dir
+    # Several shard sets "a/{000..999}.tar::b/{000..099}.tar" mixed by weight, one per "::" part.
+    train_weights: tuple[float, ...] | None = None
+    # Streaming (data/shard_sets.py): null = automatic (shards over 1 GiB, weights or resampling),
+    # true = stream shards, false = read the source into memory.
+    stream: bool | None = None
+    resampled: bool = False  # streaming: shards drawn with replacement (needs an epoch length)
+    epoch_samples: int | None = None  # streaming: samples per epoch (default: all, where known)
+    shuffle_buffer: int = 2000  # streaming: samples held per worker for shuffling
     image_key: str = "image"
     caption_key: str = "caption"
     workers: int = 0
@@ -92,8 +100,9 @@ def _sub(cls: type, data: dict[str, Any], prefix: str) -> Any:
     unknown = set(data) - valid
     if unknown:
         raise ConfigError(f"unknown key(s) {sorted(f'{prefix}.{k}' for k in unknown)}; valid: {sorted(valid)}")
-    if "betas" in data:
-        data = {**data, "betas": tuple(data["betas"])}
+    for key in ("betas", "train_weights"):  # JSON gives lists; the frozen config keeps tuples
+        if isinstance(data.get(key), list):
+            data = {**data, key: tuple(data[key])}
     return cls(**data)
 
 
@@ -121,8 +130,9 @@ def load_run_config(path: str | Path | None, overrides: dict[str, Any] | None = 
         except json.JSONDecodeError as e:
             raise ConfigError(f"run config {path} is not valid JSON ({e})") from None
     if overrides:
-        if "train.betas" in overrides:
-            overrides = {**overrides, "train.betas": tuple(overrides["train.betas"])}
+        for key in ("train.betas", "data.train_weights"):
+            if isinstance(overrides.get(key), list):
+                overrides = {**overrides, key: tuple(overrides[key])}
         config = apply_overrides(config, overrides)
     check_run_config(config)
     return config
@@ -144,6 +154,13 @@ def check_run_config(config: RunConfig) -> None:
         problems.append(f"train.epochs must be null or a whole number >= 1 (got {t.epochs!r})")
     if t.micro_batch is not None and (not isinstance(t.micro_batch, int) or t.micro_batch < 1):
         problems.append(f"train.micro_batch must be null or a whole number >= 1 (got {t.micro_batch!r})")
+    d = config.data
+    if d.epoch_samples is not None and (not isinstance(d.epoch_samples, int) or d.epoch_samples < 1):
+        problems.append(f"data.epoch_samples must be null or a whole number >= 1 (got {d.epoch_samples!r})")
+    if not isinstance(d.shuffle_buffer, int) or d.shuffle_buffer < 0:
+        problems.append(f"data.shuffle_buffer must be a whole number >= 0 (got {d.shuffle_buffer!r})")
+    if d.stream not in (None, True, False):
+        problems.append(f"data.stream must be null, true or false (got {d.stream!r})")
     if t.lock_image and t.lock_text:
         problems.append("train.lock_image and train.lock_text are both set: nothing would train")
     if problems:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import signal
@@ -17,8 +18,8 @@ import torch
 from .. import checkpoint
 from ..checkpoint.io import atomic_path
 from ..config import apply_overrides
-from ..data import load_items, make_loader
-from ..data.loader import batches_per_epoch
+from ..data import Batch
+from ..data.stream import advance_position
 from ..distributed import DistInfo, all_reduce_mean, barrier, cleanup, init_distributed
 from ..errors import ClipforgeError, DataError, TrainingError
 from ..factory import create_model
@@ -28,6 +29,7 @@ from ..registry import get_model_config
 from ..tokenizer import tokenize
 from ..transforms import image_transform
 from .config import RunConfig, check_run_config
+from .data import TrainingData, open_training_data
 from .metrics import MetricsLog, Progress, read_jsonl, zeroshot_eval_fn
 from .optim import lr_at, make_optimizer
 from .state import TrainState, checkpoint_paths, latest_state, remove_partial_writes, restore, save_state
@@ -41,8 +43,9 @@ EvalFn = Callable[..., dict[str, float]]
 _SPEED_PROBE_STEPS = 5  # steps timed before a wall-clock budget fixes the step count
 _REESTIMATE_EVERY = 25  # steps between re-estimates of the count a wall-clock budget allows
 # Changing these between a checkpoint and its resume would silently change the run.
-_RESUME_KEYS = (("model",), ("model_overrides",), ("data", "train"), ("train", "batch_size"), ("train", "seed"),
-                ("train", "loss"), ("train", "init_from"))  # fmt: skip
+_RESUME_KEYS = (("model",), ("model_overrides",), ("data", "train"), ("data", "train_weights"), ("data", "stream"),
+                ("data", "resampled"), ("data", "epoch_samples"), ("data", "shuffle_buffer"), ("train", "batch_size"),
+                ("train", "seed"), ("train", "loss"), ("train", "init_from"))  # fmt: skip
 
 
 class TrainingInterrupted(ClipforgeError):
@@ -115,19 +118,15 @@ def train(config: RunConfig, eval_fn: EvalFn | None = None) -> RunResult:
 
 
 def _train(config: RunConfig, dist: DistInfo, eval_fn: EvalFn | None, stop: "_StopRequest") -> RunResult:
-    t = config.train
-    items = load_items(config.data.train, config.data.image_key, config.data.caption_key)
-    n_batches = batches_per_epoch(len(items), t.batch_size, dist.world_size)
-    if n_batches == 0:
-        raise DataError(f"the batch size {t.batch_size} × {dist.world_size} process(es) is larger than the data set "
-                        f"({len(items)} samples); lower train.batch_size or add data")  # fmt: skip
+    data = open_training_data(config, dist)
     run = _setup(config, dist, eval_fn)
-    run.state.total_steps = run.state.total_steps or (t.epochs * n_batches if t.epochs else t.steps)
+    run.state.total_steps = run.state.total_steps or _total_steps(config, data)
     preprocess = image_transform(run.model.image_size, train=config.data.augment)
-    tok = lambda texts: tokenize(texts, context_length=run.model.context_length, truncate=True)  # noqa: E731
+    # A partial, not a lambda: streaming workers started with spawn receive it by pickling.
+    tok = functools.partial(tokenize, context_length=run.model.context_length, truncate=True)
     try:
         with Progress(enabled=dist.is_main, total=run.state.total_steps, done=run.state.step) as progress:
-            _loop(run, items, preprocess, tok, progress, stop)
+            _loop(run, data, preprocess, tok, progress, stop)
     except _Stopped:
         _save(run)
         barrier()
@@ -136,6 +135,19 @@ def _train(config: RunConfig, dist: DistInfo, eval_fn: EvalFn | None, stop: "_St
             "run the same command again to resume"
         ) from None
     return _finish(run)
+
+
+def _total_steps(config: RunConfig, data: TrainingData) -> int:
+    if not config.train.epochs:
+        return config.train.steps
+    per_epoch = data.batches_per_epoch()
+    if per_epoch is None:
+        raise DataError("train.epochs needs the number of samples per epoch: set data.epoch_samples, or keep a "
+                        "sizes.json beside the shards (clipforge data shards writes one), or use train.steps")  # fmt: skip
+    if per_epoch == 0:
+        raise DataError(f"an epoch of data.epoch_samples holds less than one global batch "
+                        f"({config.train.batch_size} per process); raise data.epoch_samples or lower train.batch_size")  # fmt: skip
+    return config.train.epochs * per_epoch
 
 
 def _setup(config: RunConfig, dist: DistInfo, eval_fn: EvalFn | None) -> _Run:
@@ -194,7 +206,7 @@ def _check_compatible(path: Path, payload: dict[str, Any], config: RunConfig, di
     for keys in _RESUME_KEYS:
         old, new = saved, now
         for k in keys:
-            old, new = (old or {}).get(k), new.get(k)
+            old, new = (old or {}).get(k, new.get(k)), new.get(k)  # a key the checkpoint predates: same
         if saved and old != new:
             raise TrainingError(f"{path} was written with {'.'.join(keys)}={old!r} but this run has {new!r}; "
                                 "resuming would not continue the same run: use a new out_dir or set train.resume=never")  # fmt: skip
@@ -204,15 +216,13 @@ def _check_compatible(path: Path, payload: dict[str, Any], config: RunConfig, di
                             "resume with the same number of processes (the data order depends on it)")  # fmt: skip
 
 
-def _loop(run: _Run, items, preprocess, tok, progress: Progress, stop: "_StopRequest") -> None:
+def _loop(run: _Run, data: TrainingData, preprocess, tok, progress: Progress, stop: "_StopRequest") -> None:
     t, state, dist = run.config.train, run.state, run.dist
     guard = SkipGuard(t.max_consecutive_skips)
     clock = _Clock(t.max_minutes, state.total_steps)
     while state.step < state.total_steps:
-        loader = make_loader(items, preprocess, tok, t.batch_size, seed=t.seed, epoch=state.epoch,
-                             rank=dist.rank, world_size=dist.world_size, workers=run.config.data.workers,
-                             start_batch=state.batch, spread_concepts=run.config.data.spread_concepts)  # fmt: skip
-        for batch in _batches(loader, stop):
+        steps_before, resumed_mid_epoch = state.step, state.batch > 0
+        for batch in _batches(data.loader(state, preprocess, tok), stop, run, agree=data.streaming):
             lr = lr_at(state.step, t.lr, t.warmup_steps, state.total_steps)
             result = _step(run, batch, lr)
             guard.update(result, state.step)
@@ -225,24 +235,56 @@ def _loop(run: _Run, items, preprocess, tok, progress: Progress, stop: "_StopReq
                 return
             if stop.agreed(dist):
                 raise _Stopped
-        else:
-            state.epoch, state.batch = state.epoch + 1, 0
+        if state.step == steps_before and not resumed_mid_epoch:
+            raise DataError(f"epoch {state.epoch} gave no full batch of {t.batch_size} samples on some process: "
+                            "the shards are empty, unreadable, or too few for the processes and workers")  # fmt: skip
+        state.epoch, state.batch, state.stream = state.epoch + 1, 0, {}
 
 
-def _batches(loader, stop: "_StopRequest"):
-    """The loader's batches; a loader broken by the interrupt (Ctrl-C also reaches its worker
-    processes, which exit) counts as the interrupt, not as a crash."""
+def _batches(loader, stop: "_StopRequest", run: _Run, agree: bool):
+    """The loader's training batches. A loader broken by the interrupt (Ctrl-C also reaches its
+    worker processes, which exit) counts as the interrupt, not as a crash. A streamed epoch
+    ends for every process when one has no batch left (``agree``: they must step together)."""
     iterator = iter(loader)
+    while True:
+        batch = _next_batch(iterator, stop, run)
+        if agree and run.dist.world_size > 1:
+            flag = torch.tensor([float(batch is not None)])
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+            if not flag.item():
+                return
+        if batch is None:
+            return
+        yield batch
+
+
+def _next_batch(iterator, stop: "_StopRequest", run: _Run) -> Batch | None:
+    """The next batch with samples; a streaming worker's empty end-of-data batch only reports
+    what it left out."""
     while True:
         try:
             batch = next(iterator)
         except StopIteration:
-            return
+            return None
         except RuntimeError:
             if stop.requested:
                 raise _Stopped from None
             raise
-        yield batch
+        _account(run, batch)
+        if batch.size:
+            return batch
+
+
+def _account(run: _Run, batch: Batch) -> None:
+    """Counters and the stream position, kept for the batches the loop consumed."""
+    state = run.state
+    state.skipped_samples += len(batch.skipped)
+    for s in batch.skipped:
+        state.skipped_by_reason[s.reason] = state.skipped_by_reason.get(s.reason, 0) + 1
+    for name, n in batch.sources.items():
+        state.samples_by_source[name] = state.samples_by_source.get(name, 0) + n
+    if batch.cursor is not None:
+        state.stream = advance_position(state.stream, batch, max(1, run.config.data.workers))
 
 
 def _step(run: _Run, batch, lr: float) -> StepResult:
@@ -254,7 +296,6 @@ def _step(run: _Run, batch, lr: float) -> StepResult:
                         max_grad_norm=t.max_grad_norm)  # fmt: skip
     state.step += 1
     state.batch += 1
-    state.skipped_samples += len(batch.skipped)
     state.skipped_steps += int(result.skipped)
     return result
 
@@ -266,6 +307,10 @@ def _record(run: _Run, result: StepResult, lr: float, samples_per_s: float) -> d
            "logit_scale": float(run.model.scale().detach()), "samples_per_s": samples_per_s,
            "skipped": result.skipped, "grad_norm": result.grad_norm,
            "skipped_steps": state.skipped_steps, "skipped_samples": state.skipped_samples}  # fmt: skip
+    if state.skipped_by_reason:
+        row["skipped_by_reason"] = dict(sorted(state.skipped_by_reason.items()))
+    if state.samples_by_source:
+        row["samples_by_source"] = dict(state.samples_by_source)
     last = state.step >= state.total_steps
     evaluate = run.evaluates and ((t.eval_every and state.step % t.eval_every == 0) or last)
     if state.step % t.log_every == 0 or evaluate or last:

@@ -2,16 +2,17 @@
 
 A checkpoint holds what an exact resume needs: model, optimiser, grad scaler, step (which is
 also the schedule's position: the learning rate is a pure function of it), data position
-(epoch, batch), the total step count the schedule was fixed with, RNG states (torch, numpy,
-python) and the resolved run config. Only tensors and plain containers, so it loads with
+(epoch, batch; when streaming, each worker's stream state), the total step count the schedule
+was fixed with, RNG states (torch, numpy, python) and the resolved run config. Only tensors and plain containers, so it loads with
 ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,9 @@ class TrainState:
     skipped_steps: int = 0
     skipped_samples: int = 0
     world_size: int = 1  # the data order depends on it: a resume must use the same
+    skipped_by_reason: dict[str, int] = field(default_factory=dict)
+    samples_by_source: dict[str, int] = field(default_factory=dict)  # streaming: samples trained on
+    stream: dict[str, Any] = field(default_factory=dict)  # streaming: the loader position in the epoch
 
 
 def checkpoint_paths(run_dir: Path) -> list[Path]:
@@ -50,7 +54,7 @@ def save_state(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Opt
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None else {},
-        "state": vars(state).copy(),
+        "state": dataclasses.asdict(state),
         "rng": {"torch": torch.random.get_rng_state(), "numpy": _numpy_rng(), "python": _python_rng()},
         "config": config_json,
     }

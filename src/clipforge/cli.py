@@ -196,6 +196,21 @@ def data_build(
     typer.echo(describe(manifest))
 
 
+@data_app.command("shards")
+def data_shards(
+    src: str = typer.Argument(..., help="A CSV/TSV/JSONL table (image, caption columns) or an image folder with .txt captions."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the shards (img2dataset's layout, with sizes.json)."),
+    shard_size: int = typer.Option(10_000, "--shard-size", help="Samples per shard."),
+    image_key: str = typer.Option("image", "--image-key", help="The table's image column."),
+    caption_key: str = typer.Option("caption", "--caption-key", help="The table's caption column."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace shards another request wrote in --out."),
+) -> None:
+    """Write WebDataset shards (png/jpg + txt + json) from a table or an image folder; resumable."""
+    from .data.shard_writer import write_shards
+
+    typer.echo(str(write_shards(src, out, shard_size, image_key=image_key, caption_key=caption_key, overwrite=overwrite)))
+
+
 @data_app.command("info")
 def data_info(root: Path = typer.Argument(..., help="A data set folder (with manifest.json).")) -> None:
     """Show what a built data set holds: images and concepts per split, shards, skipped files."""

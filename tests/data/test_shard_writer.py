@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import signal
 import subprocess
@@ -97,3 +98,24 @@ def test_bad_input_is_one_line(tmp_path: Path) -> None:
                               capture_output=True, text=True, timeout=120)  # fmt: skip
         assert proc.returncode == 2 and expected in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert _digests(tmp_path / "out") == before  # earlier shards intact
+
+
+def test_missing_file_counted_alpha_kept_and_only_our_files_replaced(tmp_path: Path) -> None:
+    Image.new("RGBA", (6, 4), (200, 10, 10, 90)).save(tmp_path / "a.tif")  # not kept as is: PNG, alpha and all
+    (tmp_path / "t.csv").write_text("image,caption\na.tif,see-through\nmissing.png,gone\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "00000.tar").write_bytes(bytes(1024))  # someone else's shard: never taken as done
+    with pytest.raises(DataError, match="did not write"):
+        write_shards(tmp_path / "t.csv", out, 5, progress=False)
+    (out / "notes.tar").write_bytes(b"mine")
+    summary = write_shards(tmp_path / "t.csv", out, 5, overwrite=True, progress=False)  # a missing image is not fatal
+    assert summary.samples == 1 and summary.skipped == {"failed to decode": 1}
+    assert (out / "notes.tar").read_bytes() == b"mine"  # --overwrite replaces only the files it writes
+    [sample] = wds.iter_samples(str(out / "00000.tar"))
+    with Image.open(io.BytesIO(sample["png"])) as png, Image.open(tmp_path / "a.tif") as tif:
+        assert png.mode == "RGBA" and png.tobytes() == tif.tobytes()
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(out / "00000.parquet").to_pylist()
+    assert rows[1]["key"] == "000000001" and rows[1]["error_message"].startswith("FileNotFoundError")

@@ -19,13 +19,14 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import DataError
-from ..images import decode_image
+from ..images import decode_image, read_image_bytes
 from .batch import skip_reason
 from .items import Item, PathImage
 from .sources import open_source
@@ -34,6 +35,8 @@ __all__ = ["ShardSummary", "write_shards"]
 
 _KEEP = {"jpeg": "jpg", "png": "png", "webp": "webp"}  # PIL format -> member extension kept as is
 _REQUEST = "_shards.json"
+_PNG_MODES = {"1", "L", "LA", "P", "RGB", "RGBA"}
+_OWN = re.compile(r"\d{5}(\.tar|_stats\.json|\.parquet)")  # the files this module writes, and no others
 
 
 @dataclass
@@ -92,10 +95,14 @@ def _claim(out: Path, request: dict[str, Any], overwrite: bool) -> None:
         if earlier != request:
             raise DataError(f"{out} holds shards written from {earlier} and this run asks for {request}: "
                             "use another --out, or --overwrite to replace them")  # fmt: skip
+    ours = [p for p in out.iterdir() if _OWN.fullmatch(p.name)]
+    if ours and not path.exists() and not overwrite:
+        raise DataError(f"{out} holds shard files clipforge did not write ({ours[0].name}, no {_REQUEST}): "
+                        "use another --out, or --overwrite to replace them")  # fmt: skip
     for partial in out.glob(".*.tmp"):  # left by a killed run (one writer per folder at a time)
         partial.unlink(missing_ok=True)
-    if overwrite:
-        for old in [*out.glob("*.tar"), *out.glob("*_stats.json"), *out.glob("*.parquet")]:
+    if overwrite:  # only the files this module writes: other files in the folder stay
+        for old in ours:
             old.unlink()
     _atomic_write(path, json.dumps(request).encode())
 
@@ -137,17 +144,17 @@ def _sample(key: str, item: Item) -> tuple[dict[str, Any] | None, str]:
     captions = [c for c in item.captions if c.strip()]
     if not captions:
         return None, "no caption"
-    raw = item.open_image.path.read_bytes() if isinstance(item.open_image, PathImage) else None
-    try:
+    try:  # a missing, empty or oversized file is skipped and counted like an undecodable one
+        raw = read_image_bytes(item.open_image.path) if isinstance(item.open_image, PathImage) else None
         image = decode_image(raw) if raw is not None else item.open_image()
     except Exception as e:  # noqa: BLE001  any undecodable file (PIL raises many types)
-        return None, skip_reason(e)
+        return None, f"{skip_reason(e)}: {e}"
     fmt = _format(raw) if raw is not None else ""
     if raw is not None and fmt in _KEEP:
         ext, data = _KEEP[fmt], raw
     else:
         buf = io.BytesIO()
-        image.convert("RGB").save(buf, format="PNG")
+        (image if image.mode in _PNG_MODES else image.convert("RGB")).save(buf, format="PNG")
         ext, data = "png", buf.getvalue()
     meta = {"key": key, "caption": captions[0], "captions": captions, "width": image.width, "height": image.height,
             "source": str(getattr(item.open_image, "path", item.key))}  # fmt: skip
@@ -193,9 +200,10 @@ class _progress:
     def __enter__(self) -> Callable[[int], None]:
         if not self.enabled:
             return lambda n: None
+        from rich.console import Console
         from rich.progress import Progress
 
-        self.bar = Progress(transient=False)
+        self.bar = Progress(transient=False, console=Console(stderr=True))
         self.bar.start()
         task = self.bar.add_task("writing shards", total=self.total)
         return lambda n: self.bar.advance(task, n)

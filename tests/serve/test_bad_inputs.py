@@ -77,6 +77,12 @@ def test_bad_inputs_never_crash_the_service_or_change_the_index(client, index_co
         assert_client_error(client.post("/api/score", files={"file": (f"{name}.png", data)}, data={"captions": ["x"]}))
         assert_client_error(client.post("/api/search", json={"image_base64": base64.b64encode(data).decode()}))
         assert_client_error(client.post("/knn-service", content=json.dumps({"image": base64.b64encode(data).decode(), "modality": "image", "num_images": 3})))
+        encoded = client.post("/encode", json={"texts": ["a cat"], "images": [base64.b64encode(png()).decode(), base64.b64encode(data).decode()]})
+        assert_client_error(encoded)
+        assert "images[1]" in encoded.json()["detail"], encoded.text
+        uploaded = client.post("/encode", files=[("images", ("ok.png", png())), ("images", (f"{name}.png", data))])
+        assert_client_error(uploaded)
+        assert f"images[1] ('{name}.png')" in uploaded.json()["detail"], uploaded.text
 
     bodies = [
         b"", b"{", b"[1, 2", b"null", b"[]", b'"text"', b"\xff\xfe\x00garbage", b"{" * 10000 + b"}" * 10000,
@@ -121,6 +127,51 @@ def test_bad_inputs_never_crash_the_service_or_change_the_index(client, index_co
     assert snapshot(index_copy) == before
     assert sorted(client.app.state.searcher.store.ann.ids().tolist()) == faiss_before
     assert client.get("/health").json()["items"] == 36
+
+
+JSON_ENDPOINTS = ("/api/search", "/knn-service", "/metadata", "/encode")
+MULTIPART_ENDPOINTS = ("/api/search/upload", "/api/moderate", "/api/score", "/api/items")
+
+
+def binary_bodies() -> dict[str, dict]:
+    """Bodies that are not JSON text, each as httpx keyword arguments: an image sent as multipart
+    to a JSON endpoint, raw image bytes under every content type, bytes that are not UTF-8."""
+    image = png()
+    return {
+        "multipart-image": {"files": {"file": ("a.png", image, "image/png")}},
+        "multipart-image-and-text": {"files": {"file": ("a.png", image, "image/png")}, "data": {"text": "a cat"}},
+        "png-as-json": {"content": image, "headers": {"content-type": "application/json"}},
+        "png-as-png": {"content": image, "headers": {"content-type": "image/png"}},
+        "png-untyped": {"content": image},
+        "png-as-text": {"content": image, "headers": {"content-type": "text/plain; charset=utf-8"}},
+        "jpeg-as-json-utf8": {"content": jpeg_bytes(), "headers": {"content-type": "application/json; charset=utf-8"}},
+        "not-utf8-as-json": {"content": b"\xff\xfe\x00garbage", "headers": {"content-type": "application/json"}},
+        "latin1-string-in-json": {"content": b'{"text": "caf\xe9"}', "headers": {"content-type": "application/json"}},
+        "lone-surrogate-escape": {"content": b'{"text": "\\ud800"}', "headers": {"content-type": "application/json"}},
+        "form-urlencoded": {"data": {"text": "a cat"}},
+        "multipart-no-boundary": {"content": image, "headers": {"content-type": "multipart/form-data"}},
+    }
+
+
+def test_binary_bodies_get_a_clear_4xx_from_every_endpoint(client, index_copy: Path) -> None:
+    """A PNG posted to a JSON endpoint once answered 500 (FastAPI's validation handler decoded the
+    raw body as UTF-8 to echo it back)."""
+    before = snapshot(index_copy)
+    for name, kwargs in binary_bodies().items():
+        for url in JSON_ENDPOINTS:
+            response = client.post(url, **kwargs)
+            if name == "lone-surrogate-escape":  # valid JSON text, but no valid string
+                assert_client_error(response, (name, url), allow_ok=True)
+                continue
+            assert_client_error(response, (name, url))
+            assert "JSON" in json.dumps(response.json()["detail"]), (name, url, response.text)  # says what to send
+        for url in MULTIPART_ENDPOINTS:
+            if name.startswith("multipart-image"):
+                continue  # what these endpoints take
+            with_token = {**kwargs, "headers": {**AUTH, **kwargs.get("headers", {})}}
+            # a form with only a text is a query /api/search/upload answers
+            assert_client_error(client.post(url, **with_token), (name, url), allow_ok=name == "form-urlencoded")
+    assert snapshot(index_copy) == before
 
 
 def test_unusual_but_valid_images_are_accepted(client) -> None:

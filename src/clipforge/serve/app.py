@@ -3,6 +3,7 @@
 Routes (all documented at /docs and /openapi.json):
 
     GET  /                               the web page (static/)
+    GET  /docs, /redoc                   the API's documentation pages (their files served from here)
     GET  /health                         liveness + item count
     GET  /api/info                       index, model, moderation concepts, limits
     POST /api/search                     JSON query: text / base64 image / item id / embedding, filters
@@ -14,10 +15,12 @@ Routes (all documented at /docs and /openapi.json):
     DELETE /api/items/{id}               delete an item                (token, same origin)
     POST /api/moderate                   moderation scores of an uploaded image
     POST /api/score                      CLIPScore of an uploaded image and captions
+    POST /encode                         texts and images -> the model's embeddings (JSON or multipart)
     POST /knn-service, GET /indices-list, POST /metadata    clip-retrieval's back-end API
 
 Model inference and FAISS run in sync handlers, i.e. in the server's thread pool; concurrent
-queries meet in micro-batches (index/batching.py) for the text tower and unfiltered searches.
+queries meet in micro-batches (serve/batching.py) for the text tower and unfiltered searches,
+and concurrent /encode requests for both towers.
 """
 
 from __future__ import annotations
@@ -35,13 +38,16 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from .. import __version__
-from ..errors import ClipforgeError, ConfigError, DataError, SearchIndexError
+from ..errors import DataError
 from ..eval.clip_score import clip_score
 from ..images import MAX_IMAGE_PIXELS, MEDIA_TYPES, decode_image
 from ..index.search import MAX_K, MAX_QUERY_CHARS, Query, Result, Searcher, open_searcher
 from ..index.store import IndexedItem
-from .deps import DEFAULT_MAX_UPLOAD_BYTES, Settings, decode_base64, get_searcher, get_settings
+from ..inference.engine import Engine, EngineConfig, Precision, resolve_precision
+from .deps import DEFAULT_MAX_ENCODE_ITEMS, DEFAULT_MAX_UPLOAD_BYTES, Settings, decode_base64, get_searcher, get_settings
+from .docs import add_offline_docs
 from .guards import BodyLimit, check_same_origin, check_token
+from .handlers import add_error_handlers
 from .schemas import AddResponse, DeleteResponse, FilterModel, HealthResponse, ResultModel, ScoreResponse, SearchRequest, SearchResponse
 
 __all__ = ["Settings", "create_app", "serve", "DEFAULT_MAX_UPLOAD_BYTES"]
@@ -55,14 +61,23 @@ def create_app(
     index: str | Path, *, token: str | None = None, concepts: str | Path | None = None,
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, max_pixels: int = MAX_IMAGE_PIXELS,
     cors_origins: tuple[str, ...] = (), searcher: Searcher | None = None, batch_queries: bool = True,
+    max_encode_items: int = DEFAULT_MAX_ENCODE_ITEMS, precision: Precision | None = None,
 ) -> FastAPI:  # fmt: skip
     """The app over the index at ``index`` (opened now, with its write lock; closed at shutdown).
-    ``batch_queries``: concurrent queries are embedded and searched in micro-batches."""
+    ``batch_queries``: concurrent queries (and /encode requests) run in micro-batches.
+    ``precision``: what the engine computes queries and /encode in (default: the embedder's
+    own, "auto"); "fp32" gives exactly the fp32 model's vectors on any machine."""
     from .batching import batch_concurrent_queries
+    from .encode import install_encoders, router as encode_router
     from .knn import router as knn_router
 
+    if precision is not None:
+        resolve_precision(precision, "cpu")  # a bad name fails before the index is opened (and locked)
     searcher = searcher or open_searcher(index, concepts=concepts)
     searcher.max_pixels = max_pixels
+    if precision is not None:
+        embedder = searcher.embedder
+        embedder.engine = Engine(embedder.model, EngineConfig(precision=precision))
     if batch_queries:
         batch_concurrent_queries(searcher)
 
@@ -71,38 +86,28 @@ def create_app(
         yield
         searcher.close()
 
-    app = FastAPI(title="clipforge search", version=__version__, lifespan=lifespan,
+    app = FastAPI(title="clipforge search", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Semantic image search over a clipforge index.")  # fmt: skip
+    add_offline_docs(app, app.title)  # /docs and /redoc from local files, no CDN
     app.state.searcher = searcher
-    app.state.settings = Settings(Path(index).resolve().name, token or None, max_upload_bytes, max_pixels)
+    app.state.settings = Settings(Path(index).resolve().name, token or None, max_upload_bytes, max_pixels, max_encode_items)
+    install_encoders(app, searcher, batch_queries)
     if cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
         # Read-only use by other front-ends (clip-retrieval's); writes stay same-origin (guards).
         app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"], allow_headers=["*"])
     app.add_middleware(BodyLimit, max_bytes=max_upload_bytes)
-    _add_error_handlers(app)
+    add_error_handlers(app)
     app.include_router(router)
     app.include_router(knn_router)
+    app.include_router(encode_router)
     app.mount("/static", StaticFiles(directory=_static_dir()), name="static")
     return app
 
 
 def _static_dir() -> str:
     return str(resources.files("clipforge.serve") / "static")
-
-
-def _add_error_handlers(app: FastAPI) -> None:
-    def handler(status: int):
-        async def handle(_: Request, exc: Exception) -> JSONResponse:
-            return JSONResponse({"detail": str(exc)}, status_code=status)
-
-        return handle
-
-    app.add_exception_handler(DataError, handler(422))  # bad image, bad filter, bad query
-    app.add_exception_handler(ConfigError, handler(400))
-    app.add_exception_handler(SearchIndexError, handler(409))  # index state (e.g. an item just deleted)
-    app.add_exception_handler(ClipforgeError, handler(400))
 
 
 router = APIRouter()
@@ -125,7 +130,7 @@ def info(request: Request) -> dict[str, Any]:
     return {
         "index": settings.index_name, **s.store.summary(), "concepts": s.moderator.names,
         "max_upload_bytes": settings.max_upload_bytes, "max_pixels": settings.max_pixels,
-        "max_k": MAX_K, "token_required": settings.token is not None,
+        "max_k": MAX_K, "max_encode_items": settings.max_encode_items, "token_required": settings.token is not None,
         "folders": s.store.folders(),
     }  # fmt: skip
 
@@ -293,6 +298,7 @@ def serve(
     index: str | Path, *, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
     concepts: str | Path | None = None, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     cors_origins: tuple[str, ...] = (), log_level: str = "info", threads: int = 1, batch_queries: bool = True,
+    max_encode_items: int = DEFAULT_MAX_ENCODE_ITEMS, precision: Precision | None = None,
 ) -> None:  # fmt: skip
     """Run the service with uvicorn until interrupted (one process: it holds the index's write lock).
 
@@ -317,6 +323,6 @@ def serve(
     faiss.omp_set_num_threads(threads)
     keep_freed_memory()  # this process is the service: reuse freed activation memory
     app = create_app(index, token=token, concepts=concepts, max_upload_bytes=max_upload_bytes, cors_origins=cors_origins,
-                     batch_queries=batch_queries)  # fmt: skip
+                     batch_queries=batch_queries, max_encode_items=max_encode_items, precision=precision)  # fmt: skip
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
 

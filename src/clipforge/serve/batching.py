@@ -26,10 +26,13 @@ from typing import TYPE_CHECKING, Callable, Generic, Sequence, TypeVar
 import numpy as np
 
 if TYPE_CHECKING:
+    import torch
+
     from ..index.ann_search import Hits
+    from ..index.embedder import Embedder
     from ..index.search import Searcher
 
-__all__ = ["MicroBatcher", "QueryBatchers", "batch_concurrent_queries"]
+__all__ = ["MicroBatcher", "QueryBatchers", "batch_concurrent_queries", "EncodeBatchers", "batch_encode_requests"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -145,3 +148,37 @@ def _search_group(store, requests: list[tuple[np.ndarray, int]]) -> list[Hits]: 
         for i, hits in zip(rows, found):
             results[i] = hits
     return results
+
+
+@dataclass(frozen=True)
+class EncodeBatchers:
+    """Whole /encode requests, batched: concurrent requests' texts go through the text tower
+    together, their preprocessed images through the image tower together."""
+
+    texts: MicroBatcher[tuple[str, ...], np.ndarray]  # one request's texts -> (n, embed_dim)
+    images: MicroBatcher[torch.Tensor, np.ndarray]  # (n, 3, H, W) preprocessed -> (n, embed_dim)
+
+
+def batch_encode_requests(embedder: Embedder, max_batch: int = 8) -> EncodeBatchers:
+    """Batchers of whole requests (each up to the service's item limit, hence a small
+    ``max_batch``). Images run through the engine in chunks of its image batch size, so memory
+    stays that of one chunk's activations whatever the batch holds."""
+    chunk = embedder.engine.config.image_batch_size
+
+    def texts(requests: list[tuple[str, ...]]) -> list[np.ndarray]:
+        return _split(embedder.texts([t for r in requests for t in r]), [len(r) for r in requests])
+
+    def images(requests: list[torch.Tensor]) -> list[np.ndarray]:
+        import torch
+
+        stacked = torch.cat(requests)  # (total, 3, H, W)
+        vectors = np.concatenate([embedder.engine.encode_images(c).numpy() for c in stacked.split(chunk)])
+        return _split(vectors, [len(r) for r in requests])
+
+    return EncodeBatchers(MicroBatcher(texts, max_batch, "clipforge-encode-text"),
+                          MicroBatcher(images, max_batch, "clipforge-encode-image"))  # fmt: skip
+
+
+def _split(rows: np.ndarray, sizes: list[int]) -> list[np.ndarray]:
+    """(sum(sizes), dim) -> one (size, dim) block per request, in order."""
+    return np.split(rows, np.cumsum(sizes)[:-1])

@@ -19,15 +19,13 @@ by the moderation concept "nudity", ``use_violence_detector`` those flagged by "
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
-from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from ..index.search import Query, Result, Searcher
-from .deps import decode_base64, get_searcher, get_settings
+from .deps import decode_base64, get_searcher, get_settings, parse_json_body
 from .schemas import KnnRequest, MetadataRequest
 
 __all__ = ["router", "SAFETY_CONCEPTS", "VIOLENCE_CONCEPTS", "DEDUP_THRESHOLD"]
@@ -37,18 +35,6 @@ VIOLENCE_CONCEPTS = ("violence", "gore")
 DEDUP_THRESHOLD = 0.94  # clip-back's connected_components_dedup threshold
 
 router = APIRouter(tags=["clip-retrieval"])
-
-
-async def _json_body(request: Request, model: type) -> Any:
-    raw = await request.body()
-    try:
-        return model.model_validate(json.loads(raw))
-    except json.JSONDecodeError as e:
-        raise HTTPException(400, f"the body is not valid JSON ({e.msg} at position {e.pos})") from None
-    except ValidationError as e:
-        raise HTTPException(422, json.loads(e.json(include_url=False, include_input=False))) from None
-    except (ValueError, RecursionError) as e:  # bytes that are not UTF-8, absurd nesting
-        raise HTTPException(400, f"the body is not valid JSON ({type(e).__name__})") from None
 
 
 def _check_index(request: Request, name: str | None) -> None:
@@ -64,7 +50,7 @@ def indices_list(request: Request) -> list[str]:
 
 @router.post("/knn-service")
 async def knn_service(request: Request) -> list[dict[str, Any]]:
-    body: KnnRequest = await _json_body(request, KnnRequest)
+    body: KnnRequest = await parse_json_body(request, KnnRequest)
     _check_index(request, body.indice_name)
     _check_supported(body)
     base = str(request.base_url).rstrip("/")
@@ -124,7 +110,7 @@ def _metadata(item, base: str) -> dict[str, Any]:
 
 @router.post("/metadata")
 async def metadata(request: Request) -> list[dict[str, Any]]:
-    body: MetadataRequest = await _json_body(request, MetadataRequest)
+    body: MetadataRequest = await parse_json_body(request, MetadataRequest)
     _check_index(request, body.indice_name)
     base = str(request.base_url).rstrip("/")
     items = get_searcher(request).store.items([i for i in body.ids if 0 <= i <= 2**62])

@@ -11,7 +11,8 @@ from ..index.search import MAX_K, MAX_QUERY_CHARS
 
 __all__ = [
     "ConditionModel", "FilterModel", "SearchRequest", "ResultModel", "SearchResponse", "AddResponse",
-    "DeleteResponse", "ScoreResponse", "KnnRequest", "MetadataRequest", "HealthResponse",
+    "DeleteResponse", "ScoreResponse", "KnnRequest", "MetadataRequest", "HealthResponse", "EncodeRequest",
+    "EncodeResponse",
 ]  # fmt: skip
 
 Number = Union[int, float]
@@ -130,3 +131,23 @@ class MetadataRequest(BaseModel):
 
     ids: list[int] = Field(max_length=MAX_K)
     indice_name: Optional[str] = None
+
+
+class EncodeRequest(_Strict):
+    """Texts and images to embed (the JSON form of /encode; multipart sends the same fields)."""
+
+    texts: list[str] = Field(default_factory=list, description="Texts, each at most 10,000 characters; "
+                             "longer than the model's context length in tokens: truncated (see 'truncated').")  # fmt: skip
+    images: list[str] = Field(default_factory=list, description="Encoded image files, base64 (a data: URL too), "
+                              "as clip-retrieval's knn-service 'image' field.")  # fmt: skip
+
+
+class EncodeResponse(BaseModel):
+    model: str = Field(description="The model's name (a checkpoint's file name).")
+    dim: int = Field(description="Length of every vector.")
+    precision: str = Field(description="What the engine computed in: fp32, or bf16/fp16 (within their rounding of fp32).")
+    context_length: int = Field(description="Tokens the text tower reads; longer texts are truncated.")
+    texts: list[list[float]] = Field(description="One L2-normalised vector per text, in the order given.")
+    images: list[list[float]] = Field(description="One L2-normalised vector per image, in the order given.")
+    truncated: list[int] = Field(description="Indices into 'texts' of those cut to the context length.")
+    took_ms: float

@@ -23,7 +23,30 @@ refine indexes, efSearch for HNSW. ``--explore`` adds the alternatives that lost
 ``--explore-n`` vectors, its build being slow; 1 bit/dim fast-scan codes + exact re-rank; exact
 search as bf16 matrix products in batches) so the whole trade-off is in one file.
 
-    python bench/search_scale.py [--n 1000000] [--queries 1000] [--explore] [--out bench/results/search_scale.json]
+    python bench/search_scale.py --mode memory [--n 1000000] [--queries 1000] [--explore] [--out bench/results/search_scale.json]
+
+``--mode disk`` (the default) measures what an index built from embeddings does beyond RAM, as
+``clipforge index build --from-embeddings`` builds it: the vectors are generated in chunks into
+``.npy`` shards (clip-retrieval's layout, float16 by default: 1 KB per 512-d vector, so 10M fit
+in 10 GB of disk; ``--dtype float32`` for 20 GB) with a parquet of paths beside each, and never
+all held in RAM; the index (``bulk.build_from_embeddings``: compressed IVF-PQ under
+``--memory-budget``, re-ranked exactly from the shards on disk) is built in a child
+process, and searched in another, each reporting its peak memory:
+
+- ``peak anon MiB``: the process's own memory (RssAnon, sampled every 50 ms) -- what the index
+  needs; ``peak RSS MiB``: VmHWM (the shards are read with pread, not mapped, so the page cache
+  that keeps their hot rows is outside the process: a machine with less RAM reads more of them
+  from disk, which ``cold ms/query`` measures);
+- recall@10 against exact search (brute force over the shards, as stored, on the ``--queries``
+  sample of fresh queries from the same distribution);
+- ``ms/query`` one at a time on one thread, through ``IndexStore.search``, each query's rows in
+  the page cache (a first pass over the queries reads them); ``batched ms/query``
+  through ``search_many`` in batches of ``--batch`` on every core; ``cold ms/query``: the first
+  ``--cold`` queries after the shard files were dropped from the page cache (posix_fadvise), so
+  every re-ranked row is read from disk;
+- an effort sweep (lists probed x candidates re-ranked per result) around the calibrated one.
+
+    python bench/search_scale.py [--n 1000000] [--work /tmp/clipforge-search-scale] [--keep]
 """
 
 from __future__ import annotations
@@ -269,6 +292,290 @@ SHOWN = ("distribution", "n", "index", "effort", "chosen", "recall@10", "ms/quer
          "served p99 ms", "build s", "memory MB")  # fmt: skip
 
 
+# ---- disk mode: shards on disk, the index built and searched as `index build --from-embeddings` ----
+def clustered_chunks(n: int, dim: int, queries: int, rng: np.random.Generator, block_subs: int = 8192):
+    """``clustered`` generated block by block, never all in RAM: the same topics / sub-topics /
+    points mixture, sub-topics made 8192 at a time with their points (and their share of the
+    fresh queries) -> (points (c, dim), queries (q, dim)) per block."""
+    topics = sphere(max(16, n // 4096), dim, rng)
+    n_subs = max(1, n // 8)
+    done_points = done_queries = 0
+    for first in range(0, n_subs, block_subs):
+        b = min(block_subs, n_subs - first)
+        subs = topics[rng.integers(0, len(topics), b)] + sphere(b, dim, rng)
+        subs /= np.linalg.norm(subs, axis=1, keepdims=True)
+        points_to = round(n * (first + b) / n_subs)
+        queries_to = round(queries * (first + b) / n_subs)
+        out = []
+        for count in (points_to - done_points, queries_to - done_queries):
+            x = subs[rng.integers(0, b, count)] + sphere(count, dim, rng)
+            x /= np.linalg.norm(x, axis=1, keepdims=True)
+            out.append(x)
+        done_points, done_queries = points_to, queries_to
+        yield out[0], out[1]
+
+
+def sphere_chunks(n: int, dim: int, queries: int, rng: np.random.Generator, chunk: int = 65536):
+    yield np.zeros((0, dim), np.float32), sphere(queries, dim, rng)
+    for s in range(0, n, chunk):
+        yield sphere(min(chunk, n - s), dim, rng), np.zeros((0, dim), np.float32)
+
+
+def generate(folder: Path, name: str, args) -> None:
+    """A clip-retrieval style folder of ``args.n`` vectors (img_emb/, metadata/) + queries.npy,
+    written shard by shard; kept for the next run with the same parameters."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    spec = {"n": args.n, "dim": args.dim, "queries": args.queries, "dtype": args.dtype, "shard_rows": args.shard_rows, "distribution": name}
+    if (folder / "generated.json").is_file() and json.loads((folder / "generated.json").read_text()) == spec:
+        return
+    import shutil
+
+    shutil.rmtree(folder, ignore_errors=True)
+    (folder / "img_emb").mkdir(parents=True)
+    (folder / "metadata").mkdir()
+    make = clustered_chunks if name == "clustered" else sphere_chunks
+    rows = np.empty((min(args.shard_rows, args.n), args.dim), dtype=args.dtype)  # one shard, filled in place
+    queries, shard, written, filled = [], 0, 0, 0
+    start = time.perf_counter()
+
+    def flush(count: int) -> None:
+        nonlocal shard, written
+        np.save(folder / "img_emb" / f"img_emb_{shard}.npy", rows[:count])
+        paths = [f"/images/{name}/{written + i:09d}.jpg" for i in range(count)]
+        pq.write_table(pa.table({"image_path": paths, "caption": [None] * count}), folder / "metadata" / f"metadata_{shard}.parquet")
+        shard, written = shard + 1, written + count
+
+    for points, q in make(args.n, args.dim, args.queries, np.random.default_rng(0)):
+        queries.append(q)
+        while len(points):
+            take = min(len(points), len(rows) - filled)
+            rows[filled : filled + take] = points[:take]
+            points, filled = points[take:], filled + take
+            if filled == len(rows):
+                flush(filled)
+                filled = 0
+    if filled:
+        flush(filled)
+    np.save(folder / "queries.npy", np.concatenate(queries).astype(np.float32))
+    (folder / "generated.json").write_text(json.dumps(spec))
+    print(f"generated {name}: {args.n:,} x {args.dim} {args.dtype} in {shard} shards, {time.perf_counter() - start:.0f} s", flush=True)
+
+
+def exact_truth(folder: Path, queries: np.ndarray) -> np.ndarray:
+    """Exact top-K ids (id = row + 1, as the index numbers them) by brute force over the shards
+    as stored, streamed (cached in truth.npy)."""
+    from clipforge.index.calibration import TopK
+    from clipforge.index.shards import ShardSet, describe_shard
+
+    cache = folder / "truth.npy"
+    if cache.is_file() and np.load(cache).shape == (len(queries), K):
+        return np.load(cache)
+    files = sorted((folder / "img_emb").glob("*.npy"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
+    shards, first = [], 1
+    for path in files:
+        shards.append(describe_shard(path, first))
+        first = shards[-1].end_id
+    top = TopK(queries, K)
+    for ids, vectors in ShardSet(shards).chunks():
+        top.update(vectors, ids)
+    np.save(cache, top.ids())
+    return top.ids()
+
+
+class MemorySampler:
+    """Peak RssAnon and RssFile of this process, sampled every 50 ms on a thread."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.peak = {"RssAnon": 0, "RssFile": 0}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            self.sample()
+
+    def sample(self) -> dict:
+        now = _status()
+        for key in self.peak:
+            self.peak[key] = max(self.peak[key], now.get(key, 0))
+        return now
+
+    def stop(self) -> dict:
+        self._stop.set()
+        self._thread.join()
+        self.sample()
+        return {"peak anon MiB": self.peak["RssAnon"] / 1024, "peak file-backed MiB": self.peak["RssFile"] / 1024,
+                "peak RSS MiB": _status().get("VmHWM", 0) / 1024}  # fmt: skip
+
+
+def _status() -> dict:
+    """/proc/self/status memory lines in KiB (Linux)."""
+    out = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if value.strip().endswith("kB"):
+                out[key] = int(value.split()[0])
+    return out
+
+
+def build_phase(args) -> dict:
+    """In a child process: build the index from the folder; time and memory."""
+    import faiss
+
+    from clipforge.index.bulk import build_from_embeddings, parse_bytes
+
+    faiss.omp_set_num_threads(THREADS)
+    sampler = MemorySampler()
+    start = time.perf_counter()
+    report = build_from_embeddings(args.emb, args.index, memory_budget=parse_bytes(args.memory_budget), kind=args.kind)
+    seconds = time.perf_counter() - start
+    return {"build s": seconds, "kind": report.kind, **sampler.stop()}
+
+
+def drop_from_page_cache(folder: Path) -> None:
+    for path in (folder / "img_emb").glob("*.npy"):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def search_phase(args) -> dict:
+    """In a child process: open the index read-only, search the queries; recall, latency, memory."""
+    import faiss
+
+    from clipforge.index import IndexStore
+
+    queries = np.load(Path(args.emb) / "queries.npy")
+    truth = np.load(Path(args.emb) / "truth.npy")
+    if args.cold:
+        drop_from_page_cache(Path(args.emb))
+    sampler = MemorySampler()
+    start = time.perf_counter()
+    store = IndexStore.open(args.index, writable=False, searchable=True)
+    open_s = time.perf_counter() - start
+    after_open = sampler.sample()
+    ann = store.ann
+    out = {"open s": open_s, "anon MiB after open": after_open["RssAnon"] / 1024, **store.summary()}
+    faiss.omp_set_num_threads(1)
+
+    def single(qs: np.ndarray) -> tuple[list[list[int]], list[float]]:
+        found, times = [], []
+        for q in qs:
+            t = time.perf_counter()
+            hits = store.search(q, K)
+            times.append(time.perf_counter() - t)
+            found.append([i for i, _ in hits])
+        return found, times
+
+    if args.cold:
+        _, times = single(queries[: args.cold])
+        out["cold ms/query"] = 1000 * float(np.median(times))
+        out["cold p99 ms"] = 1000 * float(np.percentile(times, 99))
+    single(queries)  # warm: the rows these queries re-rank are in the page cache from here on
+    found, times = single(queries)
+    out.update({"recall@10": recall(found, truth), "ms/query": 1000 * float(np.median(times)),
+                "p99 ms": 1000 * float(np.percentile(times, 99))})  # fmt: skip
+    faiss.omp_set_num_threads(THREADS)
+    t = time.perf_counter()
+    batched = [[i for i, _ in hits] for s in range(0, len(queries), args.batch) for hits in store.search_many(queries[s : s + args.batch], K)]
+    out["batched ms/query"] = 1000 * (time.perf_counter() - t) / len(queries)
+    out["batched recall@10"] = recall(batched, truth)
+    out["sweep"] = sweep(ann, queries[:200], truth[:200])
+    out.update(sampler.stop())
+    store.close()
+    return out
+
+
+def sweep(ann, queries: np.ndarray, truth: np.ndarray) -> list[dict]:
+    """Recall and single-query ms around the calibrated effort (lists probed x re-ranked per result)."""
+    import faiss
+
+    if ann.kind != "ivfpq":
+        return []
+    chosen, rerank = ann.nprobe, ann.rerank
+    rows = []
+    faiss.omp_set_num_threads(1)
+    for nprobe in sorted({max(1, chosen // 2), chosen, min(ann.nlist, chosen * 2)}):
+        for factor in (8, 16, 32, 64):
+            ann.rerank = factor
+            times, found = [], []
+            for q in queries:  # warm: another effort re-ranks other rows, first read from disk
+                ann.search(q[None], K, nprobe=nprobe)
+            for q in queries:
+                t = time.perf_counter()
+                found.append(ann.search(q[None], K, nprobe=nprobe)[1][0])
+                times.append(time.perf_counter() - t)
+            rows.append({"nprobe": nprobe, "rerank": factor, "chosen": (nprobe, factor) == (chosen, rerank),
+                         "recall@10": recall(found, truth), "ms/query": 1000 * float(np.median(times))})  # fmt: skip
+    ann.rerank = rerank
+    faiss.omp_set_num_threads(THREADS)
+    return rows
+
+
+def child(phase: str, args, emb: Path, index: Path) -> dict:
+    """Run one phase in a fresh process (its peak memory is its own) -> its JSON result."""
+    import json
+    import subprocess
+
+    argv = [sys.executable, __file__, "--phase", phase, "--emb", str(emb), "--index", str(index),
+            "--memory-budget", args.memory_budget, "--kind", args.kind, "--batch", str(args.batch), "--cold", str(args.cold)]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{phase} failed:\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+DISK_SHOWN = ("distribution", "n", "shard dtype", "shards GB", "factory", "nprobe", "rerank", "recall@10", "ms/query", "p99 ms",
+              "cold ms/query", "batched ms/query", "build s", "build peak anon MiB", "build peak RSS MiB",
+              "search peak anon MiB", "search peak RSS MiB", "index MB")  # fmt: skip
+
+
+def disk_main(args) -> None:
+    import json
+    import shutil
+
+    work = Path(args.work)
+    rows = []
+    for name in args.distributions.split(","):
+        emb, index = work / f"{name}-{args.n}" / "emb", work / f"{name}-{args.n}" / "index"
+        generate(emb, name, args)
+        start = time.perf_counter()
+        exact_truth(emb, np.load(emb / "queries.npy"))
+        truth_s = time.perf_counter() - start
+        measured = index.parent / "build.json"  # the build's figures, for a later --reuse-index run
+        if args.reuse_index and (index / "meta.sqlite").is_file():
+            built = json.loads(measured.read_text()) if measured.is_file() else {}
+        else:
+            shutil.rmtree(index, ignore_errors=True)
+            built = child("build", args, emb, index)
+            measured.write_text(json.dumps(built))
+            print(f"{name}: built {built}", flush=True)
+        searched = child("search", args, emb, index)
+        disk = sum(f.stat().st_size for f in (emb / "img_emb").glob("*.npy"))
+        row = {"distribution": name, "n": args.n, "dim": args.dim, "shard dtype": args.dtype, "shards GB": disk / 1e9,
+               "index MB": sum(f.stat().st_size for f in index.glob("*")) / 2**20, "truth s": truth_s,
+               "memory budget": args.memory_budget, **{f"build {k}" if "MiB" in k else k: v for k, v in built.items()},
+               **{f"search {k}" if "MiB" in k else k: v for k, v in searched.items()}}  # fmt: skip
+        rows.append(row)
+        print_table(f"{name}: {args.n:,} x {args.dim}-d on disk", [{k: row.get(k) for k in DISK_SHOWN}])
+        print_table(f"{name}: effort sweep (200 queries, one thread, rows in the page cache)", row["sweep"])
+        if not args.keep and not args.reuse_index:
+            shutil.rmtree(index, ignore_errors=True)
+    goal = {"recall@10": 0.95, "ms/query": 5.0, "peak anon MiB": 2048}
+    path = write_results("search_scale_disk", rows, args.out, threads_single=1, threads_batched=THREADS, batch=args.batch, goal=goal)
+    print(f"wrote {path}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=1_000_000)
@@ -281,7 +588,26 @@ def main() -> None:
     parser.add_argument("--explore", action="store_true", help="also measure the alternatives that lost")
     parser.add_argument("--explore-n", type=int, default=100_000, help="vectors for HNSW (slow to build)")
     parser.add_argument("--out", default=None)
+    parser.add_argument("--mode", default="disk", choices=("disk", "memory"), help="disk: shards + index built from embeddings; memory: the in-memory kinds")
+    parser.add_argument("--work", default="/tmp/clipforge-search-scale", help="disk mode: where shards and indexes go")
+    parser.add_argument("--dtype", default="float16", choices=("float16", "float32"), help="disk mode: shard dtype")
+    parser.add_argument("--shard-rows", type=int, default=1_000_000, help="disk mode: vectors per shard file")
+    parser.add_argument("--memory-budget", default="2GiB", help="disk mode: the index's memory budget")
+    parser.add_argument("--cold", type=int, default=200, help="disk mode: queries measured after dropping the shards from the page cache (0: none)")
+    parser.add_argument("--keep", action="store_true", help="disk mode: keep the indexes (shards are always kept for the next run)")
+    parser.add_argument("--reuse-index", action="store_true", help="disk mode: search a kept index instead of building it again")
+    parser.add_argument("--phase", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--emb", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--index", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.phase:
+        import json
+
+        print(json.dumps((build_phase if args.phase == "build" else search_phase)(args)))
+        return
+    if args.mode == "disk":
+        disk_main(args)
+        return
 
     rows = []
     for name in args.distributions.split(","):

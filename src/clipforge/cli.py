@@ -57,13 +57,16 @@ def embed_cmd(
     images: Optional[str] = typer.Option(None, "--images", help="An image, a folder (recursive), a text file of image paths, or WebDataset shards (data/{000..009}.tar or a folder of .tar)."),
     texts: Optional[Path] = typer.Option(None, "--texts", help="A text file, one text per line."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Items per model call (default: the engine's, 32 images / 256 texts)."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Image decoding processes (default: min(4, CPUs))."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Image decoding processes (default: min(4, CPUs)); with --ray, embedding actors (default: one per GPU on cuda, else half the cluster's CPUs)."),
     shard_size: int = typer.Option(100_000, "--shard-size", help="Items per output shard."),
     dtype: str = typer.Option("float32", "--dtype", help="Stored embeddings: float32 or float16."),
     precision: str = typer.Option("auto", "--precision", help="Engine precision: auto (bf16 where the hardware computes it natively: features within bf16 rounding, cosine >= 0.999), fp32 (exact), bf16, fp16 (GPU)."),
     device: str = typer.Option("cpu", "--device", help="cpu, or cuda when a GPU is present."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace embeddings already in --out instead of resuming."),
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the towers: ~20-60 s once, then the fastest path on big collections."),
+    shard_index: int = typer.Option(0, "--shard-index", help="This worker's number, 0..N-1: it writes only the output shards k with k % N == I (Slurm arrays, Spark tasks)."),
+    num_shards: int = typer.Option(1, "--num-shards", help="N, the number of workers sharing --out (see --shard-index)."),
+    ray: Optional[str] = typer.Option(None, "--ray", metavar="ADDRESS", help="Run on a Ray cluster (pip install 'clipforge[ray]'): HOST:PORT of its head, auto (RAY_ADDRESS, else the cluster `ray start` began here) or local (a new one here)."),
 ) -> None:
     """Embed images or texts into L2-normalised vectors: shards of .npy + parquet metadata, resumable."""
     from .inference.embed_job import run_embed
@@ -71,7 +74,7 @@ def embed_cmd(
     try:
         run_embed(model, out, images=images, texts=texts, batch_size=batch_size, workers=workers,
                   shard_size=shard_size, dtype=dtype, precision=precision, device=device, overwrite=overwrite,
-                  compile=compile_)  # fmt: skip
+                  compile=compile_, shard_index=shard_index, num_shards=num_shards, ray=ray)  # fmt: skip
     except KeyboardInterrupt:
         typer.echo("interrupted: finished shards are kept; run the same command again to resume", err=True)
         raise typer.Exit(130) from None  # the shell's code for "stopped by Ctrl-C"
@@ -232,17 +235,38 @@ _TAGS = typer.Option([], "--tag", help="User tag stored with every added image (
 
 @index_app.command("build")
 def index_build(
-    source: Path = typer.Argument(..., help="A folder of images (recursive; caption from IMAGE.txt beside each) or one image."),
-    model: str = typer.Option(..., "--model", "-m", help="Checkpoint file or published name (e.g. ViT-B/32)."),
+    source: Optional[Path] = typer.Argument(None, help="A folder of images (recursive; caption from IMAGE.txt beside each) or one image."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Checkpoint file or published name (e.g. ViT-B/32); with --from-embeddings, the model that made them (default: the one their manifest names; none: vector queries only)."),
     out: Path = typer.Option(..., "--out", "-o", help="Index folder to create."),
-    kind: str = typer.Option("auto", "--kind", help="auto (exact below 50k images, IVF above, exhaustive 4-bit PQ fast scan + exact re-rank when IVF cannot keep recall), flat, ivf or pqfs."),
+    kind: str = typer.Option("auto", "--kind", help="auto (exact below 50k images, IVF above, exhaustive 4-bit PQ fast scan + exact re-rank when IVF cannot keep recall; from embeddings: compressed IVF-PQ + exact re-rank from the shards above 50k), flat, ivf, pqfs or ivfpq."),
+    from_embeddings: Optional[Path] = typer.Option(None, "--from-embeddings", help="Build from precomputed embeddings instead of images: the output folder of `clipforge embed` or of clip-retrieval's inference (img_emb/, text_emb/, metadata/)."),
+    modality: str = typer.Option("auto", "--modality", help="With --from-embeddings: image, text (caption embeddings), both (a combined index) or auto (whatever the folder holds)."),
+    memory_budget: str = typer.Option("2GiB", "--memory-budget", help="With --from-embeddings: RAM the compressed index may take (codes, ids, build buffers)."),
+    backend: str = typer.Option("faiss", "--backend", help="Where the vectors live: faiss (FAISS + SQLite in OUT) or milvus (Milvus Lite in OUT, or the server of --milvus-uri; --kind: auto/flat exact, hnsw)."),
+    milvus_uri: Optional[str] = typer.Option(None, "--milvus-uri", help="With --backend milvus: a Milvus Lite file (PATH.db; default OUT/milvus.db) or a server, http://host:19530 (token: $CLIPFORGE_MILVUS_TOKEN)."),
+    milvus_collection: str = typer.Option("clipforge", "--milvus-collection", help="With --backend milvus: the collection to create."),
     batch_size: int = _BATCH, workers: int = _WORKERS, near_duplicate: Optional[float] = _NEAR_DUP, tag: list[str] = _TAGS,
 ) -> None:
-    """Embed every image under SOURCE into a new index."""
-    from .index.build import build_index, format_report
+    """Embed every image under SOURCE into a new index, or index the embeddings in --from-embeddings."""
+    from .index.report import format_report  # no torch: building from embeddings needs no model
 
-    report = build_index(source, model, out, kind=kind, batch_size=batch_size, workers=workers,
-                         near_duplicate=near_duplicate, tags=tag, progress=_progress)  # fmt: skip
+    if (source is None) == (from_embeddings is None):
+        raise DataError("give either SOURCE (images to embed) or --from-embeddings EMB_DIR, not both or neither")
+    if from_embeddings is not None:
+        from .index.bulk import build_from_embeddings, parse_bytes
+
+        if backend != "faiss":
+            raise DataError("--from-embeddings builds FAISS indexes only; leave out --backend")
+        report = build_from_embeddings(from_embeddings, out, model=model, modality=modality, kind=kind,
+                                       memory_budget=parse_bytes(memory_budget), tags=tag)  # fmt: skip
+    else:
+        from .index.backend import build_index_with
+
+        if model is None:
+            raise DataError("building from images needs --model (a checkpoint file or a published name such as ViT-B/32)")
+        report = build_index_with(backend, source, model, out, milvus_uri=milvus_uri, milvus_collection=milvus_collection,
+                                  kind=kind, batch_size=batch_size, workers=workers, near_duplicate=near_duplicate,
+                                  tags=tag, progress=_progress)  # fmt: skip
     typer.echo(format_report(report))
 
 
@@ -253,9 +277,10 @@ def index_add(
     batch_size: int = _BATCH, workers: int = _WORKERS, near_duplicate: Optional[float] = _NEAR_DUP, tag: list[str] = _TAGS,
 ) -> None:
     """Add images (exact duplicates skipped by SHA-256); an interrupted add resumes when re-run."""
-    from .index.build import add_images, format_report
+    from .index.backend import add_images_to
+    from .index.build import format_report
 
-    report = add_images(index, source, batch_size=batch_size, workers=workers, near_duplicate=near_duplicate,
+    report = add_images_to(index, source, batch_size=batch_size, workers=workers, near_duplicate=near_duplicate,
                         tags=tag, progress=_progress)  # fmt: skip
     typer.echo(format_report(report))
 
@@ -266,9 +291,9 @@ def index_delete(
     ids: list[int] = typer.Argument(..., help="Item ids to delete."),
 ) -> None:
     """Delete items by id (files you indexed from your folders are left alone)."""
-    from .index.build import delete_items
+    from .index.backend import delete_items_from
 
-    deleted = delete_items(index, ids)
+    deleted = delete_items_from(index, ids)
     missing = sorted(set(ids) - set(deleted))
     typer.echo(f"deleted {len(deleted)} item(s)" + (f"; no such ids: {missing}" if missing else ""))
 
@@ -281,9 +306,9 @@ def index_info_cmd(
     """Items, model and index parameters."""
     import json
 
-    from .index.info import index_info
+    from .index.backend import index_info_of
 
-    info = index_info(index)
+    info = index_info_of(index)
     typer.echo(json.dumps(info, indent=2) if as_json else "\n".join(f"{k:24s} {v}" for k, v in info.items()))
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 import clipforge
-from clipforge.errors import DataError
+from clipforge.errors import ClipforgeError, DataError
 from clipforge.factory import create_model, create_preprocess
 from clipforge.inference import embed_collection, embed_images, embed_texts
 from clipforge.tokenizer import tokenize
@@ -117,7 +118,8 @@ def test_resume_keeps_finished_shards_and_recomputes_the_partial_one(model, prep
     with pytest.raises(KeyboardInterrupt):
         embed_collection(model, preprocess, folder, out, shard_size=3, batch_size=2, workers=0,
                          on_shard=crash_after_shard_1)  # fmt: skip
-    assert len(json.loads((out / "manifest.json").read_text())["shards"]) == 2
+    assert sorted(p.name for p in (out / "done").iterdir()) == ["00000.json", "00001.json"]  # one marker a shard
+    assert not json.loads((out / "manifest.json").read_text())["complete"]
     finished = {p: p.stat().st_mtime_ns for p in [*(out / "img_emb").iterdir(), *(out / "metadata").iterdir()]}
     (out / "img_emb" / "img_emb_00002.npy").write_bytes(b"half-written by the killed run")
 
@@ -130,6 +132,59 @@ def test_resume_keeps_finished_shards_and_recomputes_the_partial_one(model, prep
     assert (out / "skipped.jsonl").read_text() == (whole / "skipped.jsonl").read_text()
     again = embed_collection(model, preprocess, folder, out, shard_size=3, batch_size=2, workers=0)
     assert again.processed == 0 and again.shards_reused == 4 and again.rows == 8
+
+
+def test_shard_workers_share_one_folder_and_the_last_one_finalizes(model, preprocess, folder: Path,
+                                                                    tmp_path: Path) -> None:  # fmt: skip
+    whole = tmp_path / "whole"
+    embed_collection(model, preprocess, folder, whole, shard_size=3, batch_size=2, workers=0)
+    out = tmp_path / "out"
+    written = []
+    for index in (2, 0, 1):  # in any order, as a Slurm array's tasks start
+        summary = embed_collection(model, preprocess, folder, out, shard_size=3, batch_size=2, workers=0,
+                                   shard_index=index, num_shards=3, on_shard=written.append)  # fmt: skip
+        assert summary.complete == (index == 1) and summary.shards_total == 4
+        assert (out / "skipped.jsonl").is_file() == (index == 1)
+    assert written == [2, 0, 3, 1]  # shard k belongs to worker k % 3
+    assert summary.rows == 8 and summary.skipped == 2 and summary.shards == 4 and summary.shards_written == 1
+    for name in ("img_emb/img_emb_00001.npy", "metadata/metadata_00003.parquet", "skipped.jsonl"):
+        assert (out / name).read_bytes() == (whole / name).read_bytes()
+    manifest, expected = (json.loads((d / "manifest.json").read_text()) for d in (out, whole))
+    assert manifest == expected and manifest["complete"] and [s["rows"] for s in manifest["shards"]] == [1, 3, 3, 1]
+    marker = json.loads((out / "done" / "00002.json").read_text())
+    assert marker["rows"] == 3 and [f["file"] for f in marker["files"]] == ["img_emb/img_emb_00002.npy",
+                                                                            "metadata/metadata_00002.parquet"]
+    assert marker["files"][0]["sha256"] == hashlib.sha256((out / marker["files"][0]["file"]).read_bytes()).hexdigest()
+    # A finished shard whose file went missing is done again, by its own worker only.
+    (out / "metadata" / "metadata_00002.parquet").unlink()
+    again = embed_collection(model, preprocess, folder, out, shard_size=3, workers=0, shard_index=0, num_shards=3)
+    assert again.processed == 0 and not again.complete
+    again = embed_collection(model, preprocess, folder, out, shard_size=3, workers=0, shard_index=2, num_shards=3)
+    assert again.processed == 3 and again.complete and read_out(out)[1] == read_out(whole)[1]
+    with pytest.raises(ClipforgeError, match="delete the others"):
+        embed_collection(model, preprocess, folder, out, shard_size=3, shard_index=0, num_shards=2, overwrite=True)
+    with pytest.raises(ClipforgeError, match="--shard-index must be in 0..1"):
+        embed_collection(model, preprocess, folder, out, shard_size=3, shard_index=2, num_shards=2)
+
+
+def test_a_folder_of_format_1_resumes_from_its_done_prefix(model, preprocess, folder: Path, tmp_path: Path) -> None:
+    """Before done markers, the manifest listed the finished shards (a prefix) and skipped.jsonl
+    was rewritten after each: such a folder is turned into markers and resumed."""
+    whole, out = tmp_path / "whole", tmp_path / "out"
+    embed_collection(model, preprocess, folder, whole, shard_size=3, batch_size=2, workers=0)
+    shutil.copytree(whole, out)
+    shutil.rmtree(out / "done")
+    (out / "img_emb" / "img_emb_00002.npy").unlink()
+    (out / "metadata" / "metadata_00003.parquet").unlink()
+    manifest = json.loads((whole / "manifest.json").read_text())
+    old = {k: v for k, v in manifest.items() if k not in ("rows", "skipped")}
+    old.update(format_version=1, complete=False, shards=manifest["shards"][:3])  # shard 2's files are gone: 2 count
+    (out / "manifest.json").write_text(json.dumps(old))
+    summary = embed_collection(model, preprocess, folder, out, shard_size=3, batch_size=2, workers=0)
+    assert summary.shards_reused == 2 and summary.processed == 4 and summary.complete
+    assert read_out(out)[1] == read_out(whole)[1] and np.array_equal(read_out(out)[0], read_out(whole)[0])
+    assert (out / "skipped.jsonl").read_text() == (whole / "skipped.jsonl").read_text()
+    assert json.loads((out / "manifest.json").read_text()) == manifest
 
 
 def test_another_model_or_source_is_an_error_unless_overwrite(model, preprocess, folder: Path, tmp_path: Path) -> None:
@@ -237,6 +292,9 @@ def test_cli_bad_source_is_one_line_without_traceback(tmp_path: Path) -> None:
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.startswith("error: ") and len(done.stderr.strip().splitlines()) == 1
     assert "x-000.tar does not exist (and 2 more)" in done.stderr and not (tmp_path / "out").exists()
+    done = cli("--model", "tiny-vit", "--images", str(tmp_path), "--out", str(tmp_path / "out"), "--shard-index", "3",
+               "--num-shards", "3")  # fmt: skip
+    assert done.returncode == 2 and done.stderr.strip() == "error: --shard-index must be in 0..2 with --num-shards 3"
 
 
 @pytest.mark.slow  # two real processes: ~10 s
@@ -248,15 +306,15 @@ def test_cli_resumes_after_sigkill(model, preprocess, tmp_path: Path) -> None:
     args = ("--model", str(checkpoint), "--images", str(tmp_path / "many"), "--out", str(tmp_path / "out"),
             "--shard-size", "2", "--batch-size", "1", "--workers", "0", "--precision", "fp32")  # fmt: skip
     run = cli(*args, background=True)
-    manifest = tmp_path / "out" / "manifest.json"
+    markers = tmp_path / "out" / "done"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and run.poll() is None:
-        if manifest.is_file() and json.loads(manifest.read_text() or "{}").get("shards"):
+        if markers.is_dir() and any(markers.iterdir()):
             run.send_signal(signal.SIGKILL)
             break
         time.sleep(0.002)
     run.wait(timeout=60)
-    done_before = len(json.loads(manifest.read_text())["shards"])
+    done_before = len(list(markers.glob("*.json")))
     if done_before == 20:
         pytest.skip("the run finished before it could be killed")
     assert run.returncode == -signal.SIGKILL and done_before >= 1

@@ -12,11 +12,14 @@ from typing import Any
 
 _EXPORTS = {
     "BuildReport": "build", "build_index": "build", "add_images": "build", "delete_items": "build",
+    "build_from_embeddings": "bulk",
     "index_info": "info",
     "Condition": "filters", "SearchFilter": "filters",
     "Concept": "moderation", "Moderator": "moderation", "load_concepts": "moderation",
     "Query": "search", "Result": "search", "Searcher": "search", "open_searcher": "search",
     "IndexStore": "store", "IndexedItem": "store",
+    "MilvusStore": "milvus",
+    "open_store": "backend", "open_index_searcher": "backend", "build_milvus_index": "backend",
 }  # fmt: skip
 
 __all__ = sorted(_EXPORTS)

@@ -1,6 +1,7 @@
 """The FAISS indexes, behind one interface (``AnnIndex``): exact inner product (``FlatIndex``)
 for small collections, IVF (``IVFIndex``) beyond, and an exhaustive 4-bit PQ scan with exact
-re-ranking (``PQScanIndex``, in pqfs.py) where IVF finds no structure to exploit. Ids are the
+re-ranking (``PQScanIndex``, in pqfs.py) where IVF finds no structure to exploit, and IVF-PQ
+codes re-ranked from vectors kept on disk (``CompressedIndex``, compressed.py). Ids are the
 SQLite row ids (stable, deletable). choose.py maps kind names to these classes and picks one;
 calibration.py measures how hard each must search.
 
@@ -27,9 +28,9 @@ import numpy as np
 
 from ..errors import SearchIndexError
 
-__all__ = ["Kind", "AnnIndex", "FlatIndex", "IVFIndex", "nlist_for", "training_sample"]
+__all__ = ["Kind", "AnnIndex", "FlatIndex", "IVFIndex", "nlist_for", "training_sample", "id_selector"]
 
-Kind = Literal["flat", "ivf", "pqfs"]
+Kind = Literal["flat", "ivf", "pqfs", "ivfpq"]
 
 
 @dataclass
@@ -145,7 +146,7 @@ class FlatIndex(AnnIndex):
     ) -> tuple[np.ndarray, np.ndarray]:
         import faiss
 
-        sel = _selector(allowed)
+        sel = id_selector(allowed)
         return self._search(queries, k, faiss.SearchParameters(sel=sel) if sel is not None else None)
 
 
@@ -180,7 +181,7 @@ class IVFIndex(AnnIndex):
     ) -> tuple[np.ndarray, np.ndarray]:
         import faiss
 
-        params = faiss.SearchParametersIVF(sel=_selector(allowed), nprobe=int(nprobe or self.nprobe))
+        params = faiss.SearchParametersIVF(sel=id_selector(allowed), nprobe=int(nprobe or self.nprobe))
         return self._search(queries, k, params)
 
 
@@ -201,7 +202,8 @@ def training_sample(vectors: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
     return np.ascontiguousarray(vectors[np.sort(rows)], dtype=np.float32)
 
 
-def _selector(allowed: np.ndarray | None) -> object | None:
+def id_selector(allowed: np.ndarray | None) -> object | None:
+    """A FAISS selector of these ids, or None for all."""
     import faiss
 
     return None if allowed is None else faiss.IDSelectorBatch(np.asarray(allowed, dtype=np.int64))

@@ -7,38 +7,22 @@ already stored (same SHA-256) are recognised before they are decoded.
 
 from __future__ import annotations
 
-import dataclasses
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 from ..images import list_image_files
 from ..inference.image_batches import ALREADY_KNOWN, REPEATED, batch_ranges, embed_image_batches
 from ..inference.reader import Record
 from .embedder import load_embedder
+from .report import BuildReport, format_report
 from .records import image_record
 from .search import check_model
 from .store import AddResult, IndexStore
 
-__all__ = ["BuildReport", "build_index", "add_images", "delete_items", "format_report"]
+__all__ = ["BuildReport", "build_index", "add_images", "add_to_store", "delete_items", "format_report"]
 
 Progress = Callable[[int, int], None]  # (files done, files in all)
-
-
-@dataclass
-class BuildReport:
-    index: str
-    added: int = 0
-    duplicates: int = 0
-    near_duplicates: int = 0
-    unreadable: dict[str, str] = field(default_factory=dict)  # path -> why
-    seconds: float = 0.0
-    kind: str = "flat"
-    total: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 def build_index(
@@ -50,7 +34,7 @@ def build_index(
     list_image_files(source)  # fail on an empty source before creating anything
     store = IndexStore.create(out, model_ref=embedder.model_ref, model_config=embedder.model.config.to_dict(), kind=kind)
     with store:
-        return _add(store, embedder, source, batch_size, workers, near_duplicate, tags, progress)
+        return add_to_store(store, embedder, source, batch_size, workers, near_duplicate, tags, progress)
 
 
 def add_images(
@@ -61,10 +45,12 @@ def add_images(
     with IndexStore.open(index) as store:
         embedder = load_embedder(store.model_ref)
         check_model(store, embedder)
-        return _add(store, embedder, source, batch_size, workers, near_duplicate, tags, progress)
+        return add_to_store(store, embedder, source, batch_size, workers, near_duplicate, tags, progress)
 
 
-def _add(store, embedder, source, batch_size, workers, near_duplicate, tags, progress) -> BuildReport:
+def add_to_store(store, embedder, source, batch_size, workers, near_duplicate, tags, progress) -> BuildReport:
+    """Embed the images under ``source`` into an open writable store (IndexStore or MilvusStore:
+    both take ``add``/``optimize``/``flush``), committing each batch as it comes."""
     start = time.perf_counter()
     paths, root = list_image_files(source)
     report, done, result = BuildReport(str(store.root)), 0, AddResult()
@@ -87,22 +73,8 @@ def _add(store, embedder, source, batch_size, workers, near_duplicate, tags, pro
     store.flush()
     report.added, report.near_duplicates = len(result.ids), len(result.near_duplicates)
     report.duplicates += len(result.duplicates)
-    report.seconds, report.kind, report.total = time.perf_counter() - start, store.ann.kind, store.count()
+    report.seconds, report.kind, report.total = time.perf_counter() - start, store.kind_label, store.count()
     return report
-
-
-def format_report(report: BuildReport, show: int = 10) -> str:
-    """A few lines for people: counts, then the first unreadable files and why."""
-    lines = [
-        f"{report.index}: added {report.added}, skipped {report.duplicates} duplicate(s), "
-        f"{report.near_duplicates} near duplicate(s), {len(report.unreadable)} unreadable; "
-        f"{report.total} items, {report.kind} index, {report.seconds:.1f} s"
-    ]
-    for path, why in list(report.unreadable.items())[:show]:
-        lines.append(f"  unreadable: {path}: {why}")
-    if len(report.unreadable) > show:
-        lines.append(f"  ... and {len(report.unreadable) - show} more")
-    return "\n".join(lines)
 
 
 def delete_items(index: str | Path, ids: Sequence[int]) -> list[int]:

@@ -13,7 +13,7 @@ from .ann import AnnIndex
 
 __all__ = [
     "TARGET_RECALL", "CALIBRATION_RECALL", "exact_top_k", "calibration_queries", "recall_at_k",
-    "calibration_set", "calibrate_nprobe",
+    "calibration_set", "calibrate_nprobe", "TopK", "recall_without_own",
 ]  # fmt: skip
 
 TARGET_RECALL = 0.95
@@ -86,3 +86,38 @@ def calibrate_nprobe(
         effort *= 2
     ann.nprobe = effort
     return effort, recall
+
+
+def recall_without_own(found: np.ndarray, own: np.ndarray, truth: np.ndarray, k: int) -> float:
+    """Recall@k of (q, k+1) found ids against (q, k+1) true ids, each query's own id (``own``,
+    -1: none) dropped from both (calibration_queries: a stored vector is its own best match)."""
+    return recall_at_k(_drop_own(found, own, k), _drop_own(truth, own, k))
+
+
+class TopK:
+    """The exact top-k ids of a few queries over vectors that arrive in chunks (streamed from
+    disk: never all in RAM): ``update`` with each chunk, then ``ids``."""
+
+    def __init__(self, queries: np.ndarray, k: int) -> None:
+        self.queries, self.k = np.ascontiguousarray(queries, dtype=np.float32), k
+        self.scores = np.full((len(queries), 0), -np.inf, dtype=np.float32)  # (q, <=k)
+        self._ids = np.zeros((len(queries), 0), dtype=np.int64)
+
+    def update(self, vectors: np.ndarray, ids: np.ndarray) -> None:
+        """Merge a chunk: (c, dim) vectors and their (c,) ids. FAISS's blocked search finds the
+        chunk's own top-k without a (q, c) score matrix, then the two top-k lists merge."""
+        import faiss
+
+        if len(vectors) == 0:
+            return
+        n = min(self.k, len(vectors))
+        scores, rows = faiss.knn(self.queries, np.ascontiguousarray(vectors, dtype=np.float32), n, metric=faiss.METRIC_INNER_PRODUCT)
+        scores = np.concatenate([self.scores, scores], axis=1)  # (q, <=2k)
+        merged = np.concatenate([self._ids, ids[rows]], axis=1)
+        top = np.argsort(-scores, axis=1, kind="stable")[:, : self.k]
+        self.scores, self._ids = np.take_along_axis(scores, top, 1), np.take_along_axis(merged, top, 1)
+
+    def ids(self) -> np.ndarray:
+        """(q, k) ids, best first."""
+        order = np.argsort(-self.scores, axis=1, kind="stable")
+        return np.take_along_axis(self._ids, order, 1)

@@ -14,7 +14,7 @@ __all__ = ["FIELDS", "OPS", "Condition", "SearchFilter", "parse_time"]
 # field -> SQL type check; every stored column except the vector can be filtered on.
 FIELDS: dict[str, type | tuple[type, ...]] = {
     "id": int, "path": str, "folder": str, "caption": str, "sha256": str,
-    "size": int, "width": int, "height": int, "added": (int, float),
+    "size": int, "width": int, "height": int, "added": (int, float), "url": str,
 }  # fmt: skip
 OPS = ("=", "!=", "<", "<=", ">", ">=", "contains", "startswith", "in")
 

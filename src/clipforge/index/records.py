@@ -14,7 +14,8 @@ __all__ = ["ImageRecord", "image_record"]
 
 @dataclass(frozen=True)
 class ImageRecord:
-    """The metadata of one image, as stored in the index's SQLite table."""
+    """The metadata of one image (or text), as stored in the index's SQLite table; ``sha256``
+    is '' where unknown (embeddings made elsewhere)."""
 
     path: str
     folder: str
@@ -24,6 +25,7 @@ class ImageRecord:
     height: int
     caption: str | None = None
     tags: tuple[str, ...] = ()
+    url: str | None = None  # where the image came from (clip-retrieval's metadata), if known
 
 
 def image_record(path: Path, root: Path, decoded: DecodedImage, tags: Sequence[str] = ()) -> ImageRecord:

@@ -110,27 +110,36 @@ class Searcher:
         return v
 
     def search(
-        self, q: Query, k: int = 10, flt: SearchFilter | None = None, hide_flagged: bool | list[str] = False
-    ) -> list[Result]:
+        self, q: Query, k: int = 10, flt: SearchFilter | None = None, hide_flagged: bool | list[str] = False,
+        modality: str | None = None,
+    ) -> list[Result]:  # fmt: skip
         """Top-k results; ``hide_flagged``: True (any concept) or a list of concept names to hide.
-        Hidden results are replaced by the next ones, so k come back while k unflagged match."""
+        Hidden results are replaced by the next ones, so k come back while k unflagged match.
+        ``modality``: which vectors to search, "image" or "text" (captions), in an index that
+        holds them (``store.modalities``; default: its first)."""
         if not 1 <= k <= MAX_K:
             raise DataError(f"k must be between 1 and {MAX_K}, got {k}")
-        return self.search_vector(self.query_vector(q), k, flt, hide_flagged)
+        return self.search_vector(self.query_vector(q), k, flt, hide_flagged, modality)
 
     def search_vector(
-        self, vector: np.ndarray, k: int, flt: SearchFilter | None = None, hide_flagged: bool | list[str] = False
-    ) -> list[Result]:
+        self, vector: np.ndarray, k: int, flt: SearchFilter | None = None, hide_flagged: bool | list[str] = False,
+        modality: str | None = None,
+    ) -> list[Result]:  # fmt: skip
+        modalities = getattr(self.store, "modalities", ("image",))  # a duck-typed store (milvus.py) holds images
+        if modality not in (None, *modalities):
+            raise DataError(f"this index holds {' and '.join(modalities)} embeddings, not {modality}")
+        other = modality not in (None, modalities[0])  # the micro-batcher serves the default one
+        by_modality = {} if modality is None else {"modality": modality}
         only = hide_flagged if isinstance(hide_flagged, list) else None
         unknown = sorted(set(only or ()) - set(self.moderator.names))
         if unknown:
             raise DataError(f"unknown moderation concepts {unknown}; this service has {self.moderator.names}")
         fetch = k
         while True:
-            if flt is None or flt.is_empty():
+            if (flt is None or flt.is_empty()) and not other:
                 hits = self.search_unfiltered(vector, fetch)
             else:
-                hits = self.store.search(vector, fetch, flt)
+                hits = self.store.search(vector, fetch, flt, **by_modality)
             results = self._results(hits)
             if hide_flagged:
                 results = [r for r in results if not _is_flagged(r, only)]
@@ -196,6 +205,11 @@ def open_searcher(index: str | Path, *, concepts: str | Path | None = None, writ
     read-only searchers can run beside the one process that writes."""
     store = IndexStore.open(index, writable=writable, searchable=True)
     try:
+        if not store.model_ref:
+            raise SearchIndexError(
+                f"{index} was built from embeddings without a model, so it cannot embed text or image queries; "
+                "rebuild it with --model (the model that made the embeddings), or search it by vector (IndexStore.search)"
+            )
         embedder = load_embedder(store.model_ref)
         moderator = Moderator(load_concepts(concepts), embedder.texts, float(embedder.model.scale().detach()))
         return Searcher(store, embedder, moderator)

@@ -1,7 +1,9 @@
 """The ``clipforge embed`` job, as one function the CLI calls.
 
-``--out DIR`` streams into resumable shards (``stream.embed_collection``); ``--out FILE.npy``
-keeps the older single-file output (one .npy plus a .txt of row items) for small collections.
+``--out DIR`` streams into resumable shards (``stream.embed_collection``; with ``--ray``, on a Ray
+cluster: ``ray_embed.embed_with_ray``); ``--shard-index I --num-shards N`` makes this process one
+of N workers over the same folder. ``--out FILE.npy`` keeps the older single-file output (one
+.npy plus a .txt of row items) for small collections.
 """
 
 from __future__ import annotations
@@ -36,17 +38,33 @@ def run_embed(
     device: str = "cpu",
     overwrite: bool = False,
     compile: bool = False,
+    shard_index: int = 0,
+    num_shards: int = 1,
+    ray: str | None = None,
 ) -> EmbedSummary | Path:
+    """``ray``: None for this process alone, else the Ray cluster's address (see
+    ``ray_embed.connect_ray``: HOST:PORT, ``auto``, ``local``)."""
     from ..checkpoint import load
     from .allocator import keep_freed_memory
     from .engine import Engine, EngineConfig
     from .reader import open_images, open_texts
-    from .stream import embed_collection
+    from .stream import check_arguments, embed_collection
 
     if (images is None) == (texts is None):
         raise ClipforgeError("give exactly one of --images or --texts")
+    if out.suffix == ".npy" and (ray is not None or num_shards > 1):
+        raise ClipforgeError("--ray and --num-shards write a folder of shards; give --out a folder, not a .npy file")
+    if ray is not None and texts is not None:
+        raise ClipforgeError("--ray embeds images; embed texts without --ray (they need no decoding)")
+    check_arguments(shard_size, batch_size, dtype, "text" if texts else "image", True, shard_index, num_shards,
+                    overwrite)  # before loading anything: a wrong argument is one quick line  # fmt: skip
     collection = open_texts(texts) if texts is not None else open_images(images)  # type: ignore[arg-type]
     model, preprocess = load(model_name)
+    if ray is not None:
+        return _on_ray(model, preprocess, collection, out, ray, model_name=model_name, workers=workers,
+                       batch_size=batch_size or 32, shard_size=shard_size, dtype=dtype, precision=precision,
+                       device=device, compile=compile, overwrite=overwrite, shard_index=shard_index,
+                       num_shards=num_shards)  # fmt: skip
     keep_freed_memory()  # this process is the embedding job: reuse freed activation memory
     engine = Engine(model, EngineConfig(precision=precision, device=device, compile=compile), copy_model=False)  # type: ignore[arg-type]
     if out.suffix == ".npy":
@@ -54,8 +72,20 @@ def run_embed(
     with _progress_bar(collection.kind) as progress:
         summary = embed_collection(
             engine, preprocess, collection, out, shard_size=shard_size, batch_size=batch_size, workers=workers,
-            dtype=dtype, overwrite=overwrite, model_ref=model_name, progress=progress,
+            dtype=dtype, overwrite=overwrite, model_ref=model_name, shard_index=shard_index,
+            num_shards=num_shards, progress=progress,
         )  # fmt: skip
+    print(format_summary(summary))
+    return summary
+
+
+def _on_ray(model, preprocess, collection, out: Path, address: str, **options) -> EmbedSummary:  # noqa: ANN001
+    from .ray_embed import embed_with_ray
+
+    model_name = options.pop("model_name")
+    with _progress_bar("image") as progress:
+        summary = embed_with_ray(model, preprocess, collection, out, address=address, model_ref=model_name,
+                                 progress=progress, **options)  # fmt: skip
     print(format_summary(summary))
     return summary
 
@@ -87,6 +117,11 @@ def format_summary(s: EmbedSummary) -> str:
     unit = "img" if s.kind == "image" else "text"
     lines = [f"wrote {s.out}: {s.rows:,} embeddings ({s.embed_dim}-d, {s.precision}) in {s.shards} shard(s)"
              + (f", {s.shards_reused} finished earlier and kept" if s.shards_reused else "")]  # fmt: skip
+    if s.num_shards > 1:
+        lines.append(f"worker {s.shard_index} of {s.num_shards} (--shard-index): wrote {s.shards_written} shard(s)")
+    if not s.complete:
+        lines.append(f"{s.shards} of {s.shards_total} shards done; the other workers write the rest, and whoever "
+                     "finishes last writes manifest.json and skipped.jsonl")  # fmt: skip
     if s.skipped:
         lines.append(f"skipped {s.skipped:,} unreadable item(s), listed in {s.out / 'skipped.jsonl'}")
         lines += [f"  {item['path']}: {item['reason']}" for item in s.skipped_items[:5]]

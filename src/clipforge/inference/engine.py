@@ -167,14 +167,19 @@ def as_engine(model: CLIP | Engine, precision: str = "fp32", batch_size: int | N
     return Engine(model, EngineConfig(precision=precision, device=device, **sizes))  # type: ignore[arg-type]
 
 
-def model_fingerprint(model: CLIP) -> str:
+def model_fingerprint(model: CLIP, precision: str | None = None) -> str:
     """Identifies the weights cheaply: the config plus a strided sample of every tensor (hashing
-    a ViT-L's 1.7 GB would cost seconds on every run)."""
+    a ViT-L's 1.7 GB would cost seconds on every run). With ``precision``, the fingerprint of the
+    model cast to it (an ``Engine``'s in that precision), without casting the whole model."""
+    cast = _DTYPES[precision] if precision is not None else None
     h = hashlib.sha256(model.config.to_json().encode())
     with torch.no_grad():
         for name, tensor in model.state_dict().items():
             flat = tensor.detach().reshape(-1)
-            sample = flat[:: max(1, flat.numel() // 256)].float().cpu().numpy()
+            sample = flat[:: max(1, flat.numel() // 256)]
+            if cast is not None and sample.is_floating_point():  # as Module.to(dtype) casts
+                sample = sample.to(cast)
+            sample = sample.float().cpu().numpy()
             h.update(name.encode() + sample.tobytes())
     return h.hexdigest()[:16]
 

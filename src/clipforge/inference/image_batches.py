@@ -27,7 +27,7 @@ from .engine import Engine
 from .reader import Record
 
 __all__ = ["ImageItem", "DecodedImage", "ImageBatch", "embed_image_batches", "batch_ranges", "default_workers",
-           "ALREADY_KNOWN", "REPEATED"]  # fmt: skip
+           "decode_item", "ALREADY_KNOWN", "REPEATED"]  # fmt: skip
 
 ImageItem = Union[Record, Callable[[], Image.Image]]
 ALREADY_KNOWN = "duplicate: already in the index"
@@ -77,24 +77,32 @@ class _Decoder(torch.utils.data.Dataset):
         return len(self.items)
 
     def __getitem__(self, i: int) -> tuple[int, DecodedImage | None, torch.Tensor | str]:
-        try:
-            return self._decode(i)
-        # PIL raises many types on corrupt input, a transform may reject an odd mode: every
-        # failure becomes a skipped item with its reason.
-        except Exception as e:  # noqa: BLE001
-            return i, None, str(e) if isinstance(e, (DataError, OSError)) else f"{type(e).__name__}: {e}"
+        return i, *decode_item(self.items[i], i, self.preprocess, self.known)
 
-    def _decode(self, i: int) -> tuple[int, DecodedImage | None, torch.Tensor | str]:
-        item = self.items[i]
-        if not isinstance(item, Record):
-            image = item()
-            return i, DecodedImage(i, image.width, image.height, None, 0), self.preprocess(image)
-        data, captions = item.read()
-        sha256 = hashlib.sha256(data).hexdigest()
-        if sha256 in self.known:
-            return i, None, ALREADY_KNOWN
-        image = decode_image(data)
-        return i, DecodedImage(i, image.width, image.height, sha256, len(data), captions), self.preprocess(image)
+
+def decode_item(item: ImageItem, index: int, preprocess: Preprocess,
+                known: frozenset[str] = frozenset()) -> tuple[DecodedImage | None, torch.Tensor | str]:  # fmt: skip
+    """Read, hash, decode and preprocess one item -> (DecodedImage, (3, H, W) tensor), or (None,
+    reason): never raises. The DataLoader workers here and ``ray_embed``'s decode tasks run it."""
+    try:
+        return _decode(item, index, preprocess, known)
+    # PIL raises many types on corrupt input, a transform may reject an odd mode: every
+    # failure becomes a skipped item with its reason.
+    except Exception as e:  # noqa: BLE001
+        return None, str(e) if isinstance(e, (DataError, OSError)) else f"{type(e).__name__}: {e}"
+
+
+def _decode(item: ImageItem, i: int, preprocess: Preprocess,
+            known: frozenset[str]) -> tuple[DecodedImage | None, torch.Tensor | str]:  # fmt: skip
+    if not isinstance(item, Record):
+        image = item()
+        return DecodedImage(i, image.width, image.height, None, 0), preprocess(image)
+    data, captions = item.read()
+    sha256 = hashlib.sha256(data).hexdigest()
+    if sha256 in known:
+        return None, ALREADY_KNOWN
+    image = decode_image(data)
+    return DecodedImage(i, image.width, image.height, sha256, len(data), captions), preprocess(image)
 
 
 def _collate(samples: list) -> tuple[list, torch.Tensor | None, list[tuple[int, str]]]:

@@ -334,13 +334,14 @@ def serve_cmd(
     max_encode_items: int = typer.Option(256, "--max-encode-items", min=1, help="Texts + images one /encode request may hold."),
     precision: Optional[str] = typer.Option(None, "--precision",
                                             help="auto (default: bf16 where native), fp32 (exact fp32 vectors), bf16 or fp16."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Processes on the port: 1 writer + N-1 read-only replicas that follow its commits and forward adds/deletes to it (use the cores)."),
 ) -> None:
     """Serve the search page, JSON API, /encode and clip-retrieval's knn-service over INDEX."""
     from .serve.app import serve
 
     serve(index, host=host, port=port, token=token, concepts=concepts, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
           cors_origins=tuple(cors), log_level=log_level, threads=threads, batch_queries=batch_queries,
-          max_encode_items=max_encode_items, precision=precision)  # type: ignore[arg-type]  # fmt: skip
+          max_encode_items=max_encode_items, precision=precision, workers=workers)  # type: ignore[arg-type]  # fmt: skip
 
 
 # --- ONNX export ---

@@ -134,6 +134,11 @@ class MetadataDB:
     def close(self) -> None:
         self.conn.close()
 
+    def data_version(self) -> int:
+        """SQLite's ``PRAGMA data_version``: changes when another connection commits (a few
+        microseconds; how a read-only store notices the writer's commits)."""
+        return int(self.conn.execute("PRAGMA data_version").fetchone()[0])
+
     @property
     def dim(self) -> int:
         return int(self.info["embed_dim"])

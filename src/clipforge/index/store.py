@@ -99,6 +99,9 @@ class IndexStore:
         self._dirty: set[str] = set()  # modalities whose ANN index changed since the last flush
         self.exact_subset = EXACT_SUBSET
         self.memory_budget = int(self.info.get("memory_budget", DEFAULT_BUDGET))
+        # A read-only searchable store follows the writer: before each search it reconciles
+        # FAISS in memory when SQLite says another connection committed (see refresh).
+        self._seen_version: int | None = None
 
     # ---- opening and closing -------------------------------------------------------------
     @classmethod
@@ -166,6 +169,8 @@ class IndexStore:
         if writable:
             store._remove_stale_temp_files()
         if (writable or searchable) and not _resuming:
+            if not writable:
+                store._seen_version = db.data_version()  # before loading: a commit during the load is caught
             store._load_ann(persist=writable)
         return store
 
@@ -324,6 +329,20 @@ class IndexStore:
                     self._dirty.add(m)
                 added, removed = added + len(missing), removed + len(extra)
         return added, removed
+
+    def refresh(self) -> bool:
+        """A read-only store catches up with the writer's commits (added and deleted items) when
+        SQLite's data version moved since it last looked -> whether it looked again. The writer
+        and stores that do not search have nothing to catch up with."""
+        if self._seen_version is None:
+            return False
+        with self._lock:
+            version = self.db.data_version()
+            if version == self._seen_version:
+                return False
+            self._seen_version = version
+            self.reconcile()
+            return True
 
     def rebuild(self, kind: str | None = None, modality: str | None = None) -> None:
         """Build FAISS afresh (kind by size unless given; one modality, or all), then save."""
@@ -499,6 +518,7 @@ class IndexStore:
         ``modality`` (default: the index's first). Filters are exact: when at least k items
         match, k are returned."""
         with self._lock:
+            self.refresh()
             m = self._modality(modality)
             allowed = None if flt is None or flt.is_empty() else self.db.filter_ids(flt)
             if allowed is not None and m != self.modality:  # items added later lack this modality
@@ -509,5 +529,6 @@ class IndexStore:
         """(q, dim) normalised queries, no filter -> per query what ``search`` returns, in one
         FAISS call (a batch reads the index once: the service's micro-batcher uses this)."""
         with self._lock:
+            self.refresh()
             m = self._modality(modality)
             return search_batch(self.anns[m], queries, k, self.vector_sets[m].get)

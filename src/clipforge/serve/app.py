@@ -50,7 +50,7 @@ from .guards import BodyLimit, check_same_origin, check_token
 from .handlers import add_error_handlers
 from .schemas import AddResponse, DeleteResponse, FilterModel, HealthResponse, ResultModel, ScoreResponse, SearchRequest, SearchResponse
 
-__all__ = ["Settings", "create_app", "serve", "DEFAULT_MAX_UPLOAD_BYTES"]
+__all__ = ["Settings", "create_app", "serve", "prepare_process", "DEFAULT_MAX_UPLOAD_BYTES"]
 
 ItemId = Annotated[int, PathParam(ge=0, le=2**62, description="An item id from a search result.")]
 # The page loads only its own script, style and images.
@@ -61,12 +61,15 @@ def create_app(
     index: str | Path, *, token: str | None = None, concepts: str | Path | None = None,
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, max_pixels: int = MAX_IMAGE_PIXELS,
     cors_origins: tuple[str, ...] = (), searcher: Searcher | None = None, batch_queries: bool = True,
-    max_encode_items: int = DEFAULT_MAX_ENCODE_ITEMS, precision: Precision | None = None,
+    max_encode_items: int = DEFAULT_MAX_ENCODE_ITEMS, precision: Precision | None = None, role: str = "single",
+    forward_writes_to: str | None = None,
 ) -> FastAPI:  # fmt: skip
     """The app over the index at ``index`` (opened now, with its write lock; closed at shutdown).
     ``batch_queries``: concurrent queries (and /encode requests) run in micro-batches.
     ``precision``: what the engine computes queries and /encode in (default: the embedder's
-    own, "auto"); "fp32" gives exactly the fp32 model's vectors on any machine."""
+    own, "auto"); "fp32" gives exactly the fp32 model's vectors on any machine.
+    ``role`` (single, writer, replica) is reported by /health; ``forward_writes_to``: a replica
+    sends adds and deletes to the writer listening on this unix socket (workers.py)."""
     from .batching import batch_concurrent_queries
     from .encode import install_encoders, router as encode_router
     from .knn import router as knn_router
@@ -97,6 +100,15 @@ def create_app(
 
         # Read-only use by other front-ends (clip-retrieval's); writes stay same-origin (guards).
         app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"], allow_headers=["*"])
+    if forward_writes_to is not None:
+        from .forward import ForwardWrites
+
+        app.add_middleware(ForwardWrites, socket_path=forward_writes_to)  # inside BodyLimit: oversized bodies stop here
+    if role != "single":
+        from .forward import WorkerHeader
+
+        app.add_middleware(WorkerHeader, role=role, pid=os.getpid())
+    app.state.role = role
     app.add_middleware(BodyLimit, max_bytes=max_upload_bytes)
     add_error_handlers(app)
     app.include_router(router)
@@ -121,7 +133,7 @@ def page() -> Response:
 @router.get("/health", response_model=HealthResponse, tags=["service"])
 def health(request: Request) -> HealthResponse:
     s = get_searcher(request)
-    return HealthResponse(status="ok", items=s.store.count(), model=s.embedder.model_ref)
+    return HealthResponse(status="ok", items=s.store.count(), model=s.embedder.model_ref, worker=request.app.state.role, pid=os.getpid())
 
 
 @router.get("/api/info", tags=["service"])
@@ -298,9 +310,10 @@ def serve(
     index: str | Path, *, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
     concepts: str | Path | None = None, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     cors_origins: tuple[str, ...] = (), log_level: str = "info", threads: int = 1, batch_queries: bool = True,
-    max_encode_items: int = DEFAULT_MAX_ENCODE_ITEMS, precision: Precision | None = None,
+    max_encode_items: int = DEFAULT_MAX_ENCODE_ITEMS, precision: Precision | None = None, workers: int = 1,
 ) -> None:  # fmt: skip
-    """Run the service with uvicorn until interrupted (one process: it holds the index's write lock).
+    """Run the service with uvicorn until interrupted: one process (it holds the index's write
+    lock) or, with ``workers`` > 1, a writer and read-only replicas on the same port (workers.py).
 
     ``threads``: torch and FAISS threads per request. The server's parallelism comes from
     concurrent requests; on a busy machine, intra-op thread teams for one small query mostly
@@ -314,6 +327,23 @@ def serve(
 
     if host not in ("127.0.0.1", "localhost", "::1") and not token:
         print(f"warning: serving on {host} without --token: anyone who can reach it can add and delete images", file=sys.stderr)
+    if workers > 1:
+        from .workers import serve_workers
+
+        serve_workers(index, workers=workers, host=host, port=port, log_level=log_level, threads=threads, token=token,
+                      concepts=concepts, max_upload_bytes=max_upload_bytes, cors_origins=cors_origins,
+                      batch_queries=batch_queries, max_encode_items=max_encode_items, precision=precision)  # fmt: skip
+        return
+    prepare_process(threads)
+    app = create_app(index, token=token, concepts=concepts, max_upload_bytes=max_upload_bytes, cors_origins=cors_origins,
+                     batch_queries=batch_queries, max_encode_items=max_encode_items, precision=precision)  # fmt: skip
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
+
+
+
+def prepare_process(threads: int) -> None:
+    """Set up a process that serves: ``threads`` torch and FAISS threads per request, and
+    malloc keeping freed activation memory for the next request."""
     import faiss
     import torch
 
@@ -321,8 +351,4 @@ def serve(
 
     torch.set_num_threads(threads)
     faiss.omp_set_num_threads(threads)
-    keep_freed_memory()  # this process is the service: reuse freed activation memory
-    app = create_app(index, token=token, concepts=concepts, max_upload_bytes=max_upload_bytes, cors_origins=cors_origins,
-                     batch_queries=batch_queries, max_encode_items=max_encode_items, precision=precision)  # fmt: skip
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
-
+    keep_freed_memory()

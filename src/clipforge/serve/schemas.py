@@ -103,6 +103,8 @@ class HealthResponse(BaseModel):
     status: str
     items: int
     model: str
+    worker: str = "single"  # single, writer or replica (serve --workers)
+    pid: int = 0
 
 
 class KnnRequest(BaseModel):

@@ -5,7 +5,15 @@ wrk (`apt-get install wrk`: a C load generator, so the server rather than the cl
 queries run in-process through the library (the peer: what HTTP, JSON and concurrency cost), in
 the same run.
 
-    python bench/serve_load.py [--clients 200] [--seconds 20] [--images 500] [--out bench/results/serve_load.json]
+    python bench/serve_load.py [--clients 200] [--seconds 20] [--images 500] [--workers 1,2] [--profile]
+                               [--generators wrk,httpx] [--out bench/results/serve_load.json]
+
+``--workers``: the wrk rows run `clipforge serve --workers N` for each N (1: one process; N > 1:
+a writer and N - 1 read-only replicas on the same port). ``--profile``: py-spy samples the
+server's processes during one more wrk run (micro-batched, the last worker count) and the
+table splits the server's CPU by where it goes (HTTP server, FastAPI + validation + JSON, our
+service code, the text tower, the index search), from the innermost frame of each sample that
+belongs to one of them.
 
 The model is tiny-vit (random weights, seed 0): the numbers measure the service, not a model.
 Clients and server share this machine's cores.
@@ -173,16 +181,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(index: Path, port: int, log: Path, batch: bool) -> subprocess.Popen:
+def start_server(index: Path, port: int, log: Path, batch: bool, workers: int = 1) -> tuple[subprocess.Popen, list[int]]:
+    """`clipforge serve` answering on ``port`` -> (process, pids of the processes that serve)."""
     import httpx
 
     proc = subprocess.Popen([sys.executable, "-m", "clipforge", "serve", str(index), "--port", str(port), "--host", "127.0.0.1",
-                             "--log-level", "warning", "--batch-queries" if batch else "--no-batch-queries"],
+                             "--log-level", "warning", "--batch-queries" if batch else "--no-batch-queries", "--workers", str(workers)],
                             stdout=open(log, "wb"), stderr=subprocess.STDOUT)  # fmt: skip
-    for _ in range(600):
+    pids: set[int] = set()
+    for _ in range(1500):
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return proc
+            body = httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).json()  # a new connection each time
+            pids.add(body["pid"])
+            if len(pids) == workers:  # every worker has loaded the model and answers
+                return proc, sorted(pids)
         except httpx.HTTPError:
             time.sleep(0.2)
         if proc.poll() is not None:
@@ -191,27 +203,66 @@ def start_server(index: Path, port: int, log: Path, batch: bool) -> subprocess.P
     raise SystemExit(f"server did not start: {log.read_text()[-2000:]}")
 
 
-def load_server(index: Path, args, batch: bool, generator: str, log: Path) -> tuple[dict, dict, int]:
-    """Start `clipforge serve` (micro-batching on or off), load it, stop it -> row, errors, bad log lines."""
+def load_server(index: Path, args, batch: bool, generator: str, log: Path, workers: int = 1, profile: bool = False) -> tuple[dict, dict, int]:
+    """Start `clipforge serve` (micro-batching on or off, ``workers`` processes), load it, stop it
+    -> row, errors, bad log lines. ``profile``: py-spy samples the server meanwhile."""
     port = free_port()
-    proc = start_server(index, port, log, batch)
+    proc, pids = start_server(index, port, log, batch, workers)
+    spy = start_profiler(proc.pid, args.seconds, log.with_suffix(".stacks")) if profile else None
     try:
-        server_cpu, client_cpu = cpu_seconds(proc.pid), time.process_time()
+        server_cpu, client_cpu = sum(cpu_seconds(p) for p in pids), time.process_time()
         url = f"http://127.0.0.1:{port}"
         if generator == "wrk":
             served, errors = wrk_load(url, args.clients, args.seconds, args.images, log.with_suffix(".lua"))
         else:
             served, errors = asyncio.run(load(url, args.clients, args.seconds, args.images))
         done = max(served["requests"], 1)
-        served["server CPU ms/req"] = 1000 * (cpu_seconds(proc.pid) - server_cpu) / done
+        served["server CPU ms/req"] = 1000 * (sum(cpu_seconds(p) for p in pids) - server_cpu) / done
         if generator == "httpx":  # wrk runs in its own process
             served["client CPU ms/req"] = 1000 * (time.process_time() - client_cpu) / done
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
-    served["setup"] += ", micro-batched" if batch else ", one query at a time"
+    served["setup"] += (f", {workers} workers" if workers > 1 else "") + (", micro-batched" if batch else ", one query at a time")
+    if spy is not None:
+        spy.wait(timeout=120)
+        served["profile"] = profile_table(log.with_suffix(".stacks"))
     bad = [line for line in log.read_text().splitlines() if "Traceback" in line or " 500 " in line]
     return served, errors, len(bad)
+
+
+# Where a sample's CPU goes: the innermost frame (leaf first) whose file matches one of these.
+PROFILE_PARTS = [
+    ("text tower (torch)", ("torch/", "clipforge/models/", "clipforge/inference/")),
+    ("tokenizer", ("clipforge/tokenizer",)),
+    ("index search (FAISS, SQLite, re-rank)", ("faiss/", "clipforge/index/", "sqlite3")),
+    ("service code (clipforge/serve)", ("clipforge/serve/",)),
+    ("FastAPI + validation + JSON", ("fastapi/", "starlette/", "pydantic", "json/", "anyio/")),
+    ("HTTP server (uvicorn, parsing, event loop)", ("uvicorn/", "h11/", "httptools", "asyncio/", "uvloop", "concurrent/", "threading.py")),
+]
+
+
+def start_profiler(pid: int, seconds: float, out: Path) -> subprocess.Popen | None:
+    """py-spy (pip install py-spy; needs ptrace) recording the server ``pid`` and its workers."""
+    if not shutil.which("py-spy"):
+        print("py-spy not found (pip install py-spy): no profile")
+        return None
+    cmd = ["py-spy", "record", "--format", "raw", "--rate", "250", "--duration", str(int(seconds)), "--nonblocking", "--gil",
+           "--pid", str(pid), "--subprocesses", "-o", str(out)]  # fmt: skip
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def profile_table(stacks: Path) -> dict[str, float]:
+    """Collapsed stacks (py-spy raw) -> share of the samples per part, in %."""
+    counts: dict[str, int] = {}
+    if not stacks.is_file():
+        return {}
+    for line in stacks.read_text().splitlines():
+        frames, _, n = line.rpartition(" ")
+        part = next((name for frame in reversed(frames.split(";")) for name, keys in PROFILE_PARTS if any(k in frame for k in keys)), "other")
+        counts[part] = counts.get(part, 0) + int(n)
+    total = max(sum(counts.values()), 1)
+    return {name: round(100 * n / total, 1) for name, n in sorted(counts.items(), key=lambda kv: -kv[1])}
 
 
 def main() -> None:
@@ -219,6 +270,9 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=200)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--images", type=int, default=500)
+    parser.add_argument("--workers", default="1,2", help="worker counts of the wrk rows (serve --workers N)")
+    parser.add_argument("--generators", default="httpx,wrk", help="load generators: httpx (Python clients), wrk")
+    parser.add_argument("--profile", action="store_true", help="also profile the server with py-spy under wrk")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
 
@@ -233,19 +287,29 @@ def main() -> None:
         build_index(tmp / "images", str(model), index, workers=0)
         peer = library_peer(index, args.images, min(args.seconds, 10.0))
         rows, errors, server_errors = [peer], {}, 0
-        generators = ["httpx"] + (["wrk"] if shutil.which("wrk") else [])
-        if len(generators) == 1:
+        generators = [g for g in args.generators.split(",") if g != "wrk" or shutil.which("wrk")]
+        if "wrk" in args.generators and "wrk" not in generators:
             print("wrk not found (apt-get install wrk): Python clients only, which saturate the cores first")
-        for generator, batch in [(g, b) for g in generators for b in (False, True)]:
-            row, errs, bad_lines = load_server(index, args, batch, generator, tmp / f"server-{generator}-{batch}.log")
+        counts = [int(w) for w in args.workers.split(",")]
+        runs = [(g, b, w, False) for g in generators for w in (counts if g == "wrk" else [1]) for b in (False, True)]
+        if args.profile and "wrk" in generators:
+            runs.append(("wrk", True, counts[-1], True))
+        for generator, batch, workers, profile in runs:
+            log = tmp / f"server-{generator}-{batch}-{workers}-{profile}.log"
+            row, errs, bad_lines = load_server(index, args, batch, generator, log, workers, profile)
             row["qps ratio vs library"] = row["queries/s"] / peer["queries/s"]
+            if profile:
+                row["setup"] += ", profiled (py-spy)"
             rows.append(row)
             errors.update({f"{row['setup']}: {k}": v for k, v in errs.items()})
             server_errors += bad_lines
+    profiles = {row["setup"]: row.pop("profile") for row in rows if "profile" in row}
     print_table(f"search service under load ({args.clients} clients, {args.seconds:.0f} s, {args.images} images)", rows)
+    for setup, shares in profiles.items():
+        print_table(f"where the server's CPU goes (% of samples): {setup}", [{"part": k, "%": v} for k, v in shares.items()])
     if errors:
         print(f"errors by kind: {errors}")
-    path = write_results("serve_load", rows, args.out, errors_by_kind=errors, server_error_lines=server_errors,
+    path = write_results("serve_load", rows, args.out, errors_by_kind=errors, server_error_lines=server_errors, profiles=profiles,
                          clients=args.clients, seconds=args.seconds, images=args.images, cpu_count=os.cpu_count())  # fmt: skip
     print(f"wrote {path}")
 

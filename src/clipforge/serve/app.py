@@ -151,15 +151,24 @@ def info(request: Request) -> dict[str, Any]:
 def result_model(r: Result) -> ResultModel:
     item = r.item
     return ResultModel(
-        id=item.id, score=round(r.score, 6), filename=Path(item.path).name, folder=item.folder, caption=item.caption,
+        id=item.id, score=round(r.score, 6), filename=os.path.basename(item.path), folder=item.folder, caption=item.caption,
         sha256=item.sha256, size=item.size, width=item.width, height=item.height, added=item.added,
         tags=list(item.tags), moderation=r.moderation, image_url=f"/api/items/{item.id}/image",
         thumbnail_url=f"/api/items/{item.id}/thumbnail",
     )  # fmt: skip
 
 
+def search_response(results: list[Result], start: float) -> Response:
+    """The JSON of a SearchResponse, serialised here (pydantic's Rust encoder) rather than by
+    FastAPI: for a sync endpoint FastAPI validates and encodes the returned model again in a
+    second trip through the thread pool, which cost the service ~15 % of its CPU per query
+    (py-spy, bench/serve_load.py --profile)."""
+    took = round(1000 * (time.perf_counter() - start), 2)
+    return Response(SearchResponse(results=[result_model(r) for r in results], took_ms=took).model_dump_json(), media_type="application/json")
+
+
 @router.post("/api/search", response_model=SearchResponse, tags=["search"])
-def search(body: SearchRequest, request: Request) -> SearchResponse:
+def search(body: SearchRequest, request: Request) -> Response:
     start = time.perf_counter()
     query = Query(
         text=body.text, image=decode_base64(body.image_base64), image_id=body.image_id,
@@ -168,7 +177,7 @@ def search(body: SearchRequest, request: Request) -> SearchResponse:
     )  # fmt: skip
     flt = body.filters.to_filter() if body.filters else None
     results = get_searcher(request).search(query, body.k, flt, body.hide_flagged)
-    return SearchResponse(results=[result_model(r) for r in results], took_ms=round(1000 * (time.perf_counter() - start), 2))
+    return search_response(results, start)
 
 
 def _read_upload(file: UploadFile | None) -> bytes | None:
@@ -199,12 +208,12 @@ def search_upload(
     image_weight: float = Form(1.0, ge=0, le=1000),
     filters: Optional[str] = Form(None, max_length=100_000, description="FilterModel as JSON."),
     hide_flagged: bool = Form(False),
-) -> SearchResponse:
+) -> Response:
     start = time.perf_counter()
     query = Query(text=text or None, image=_read_upload(file), text_weight=text_weight, image_weight=image_weight)
     flt = _parse_filters(filters)
     results = get_searcher(request).search(query, k, flt.to_filter() if flt else None, hide_flagged)
-    return SearchResponse(results=[result_model(r) for r in results], took_ms=round(1000 * (time.perf_counter() - start), 2))
+    return search_response(results, start)
 
 
 # ---- items --------------------------------------------------------------------------------

@@ -337,7 +337,7 @@ def serve_cmd(
     workers: int = typer.Option(1, "--workers", min=1, help="Processes on the port: 1 writer + N-1 read-only replicas that follow its commits and forward adds/deletes to it (use the cores)."),
 ) -> None:
     """Serve the search page, JSON API, /encode and clip-retrieval's knn-service over INDEX."""
-    from .serve.app import serve
+    from .serve.runner import serve
 
     serve(index, host=host, port=port, token=token, concepts=concepts, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
           cors_origins=tuple(cors), log_level=log_level, threads=threads, batch_queries=batch_queries,

@@ -140,6 +140,27 @@ def test_clip_retrieval_folder_text_and_combined_indexes_answer_text_queries(tmp
             assert got and all("/1" in r.item.url for r in got)
         finally:
             searcher.store.close()
+        served_modalities_answer(index, modalities, texts, vector)
+
+
+def served_modalities_answer(index: Path, modalities: list[str], texts: np.ndarray, vector: np.ndarray) -> None:
+    """/api/search and clip-retrieval's /knn-service search the caption embeddings with
+    modality "text" and refuse a modality the index lacks with a 4xx."""
+    from fastapi.testclient import TestClient
+
+    from clipforge.serve import create_app
+
+    best = (np.argsort(-(texts @ vector), kind="stable")[:3] + 1).tolist()
+    with TestClient(create_app(index)) as client:
+        api = client.post("/api/search", json={"text": "a red circle on a blue background", "k": 3, "modality": "text"})
+        knn = client.post("/knn-service", json={"text": "a red circle on a blue background", "modality": "text",
+                                                "num_images": 3, "indice_name": index.name})  # fmt: skip
+        assert api.status_code == 200 and [r["id"] for r in api.json()["results"]] == best
+        assert knn.status_code == 200 and [r["id"] for r in knn.json()] == best
+        if "image" not in modalities:
+            refused = client.post("/knn-service", json={"text": "x", "modality": "image", "num_images": 3, "indice_name": index.name})
+            assert refused.status_code == 422 and "holds text embeddings" in refused.text
+            assert client.post("/api/search", json={"text": "x", "modality": "image"}).status_code in (400, 422)
 
 
 def test_compressed_index_rerank_recall_add_delete_reopen(tmp_path) -> None:

@@ -102,7 +102,7 @@ def test_bad_inputs_never_crash_the_service_or_change_the_index(client, index_co
         assert_client_error(client.post("/api/search", content=body, headers={"content-type": "application/json"}), body)
     knn_bodies = [
         b"", b"{", b"\xff", b"[]", json.dumps({"modality": "image", "num_images": 2}).encode(),
-        json.dumps({"text": "x", "modality": "text", "num_images": 2}).encode(),
+        json.dumps({"text": "x", "modality": "text", "num_images": 2}).encode(),  # an image-only index
         json.dumps({"text": "x", "use_mclip": True}).encode(),
         json.dumps({"image_url": "http://127.0.0.1:1/x.png", "modality": "image", "num_images": 2}).encode(),
         json.dumps({"text": "x", "indice_name": "other"}).encode(), json.dumps({"text": "x", "num_images": -1}).encode(),

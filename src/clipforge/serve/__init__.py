@@ -13,7 +13,7 @@ from typing import Any
 # public name -> module that defines it
 _EXPORTS = {
     "create_app": "clipforge.serve.app",
-    "serve": "clipforge.serve.app",
+    "serve": "clipforge.serve.runner",
     "CLIPClient": "clipforge.serve.client",
     "ServiceError": "clipforge.serve.client",
     "ServiceUnreachableError": "clipforge.serve.client",

@@ -50,7 +50,7 @@ from .guards import BodyLimit, check_same_origin, check_token
 from .handlers import add_error_handlers
 from .schemas import AddResponse, DeleteResponse, FilterModel, HealthResponse, ResultModel, ScoreResponse, SearchRequest, SearchResponse
 
-__all__ = ["Settings", "create_app", "serve", "prepare_process", "DEFAULT_MAX_UPLOAD_BYTES"]
+__all__ = ["Settings", "create_app", "DEFAULT_MAX_UPLOAD_BYTES"]
 
 ItemId = Annotated[int, PathParam(ge=0, le=2**62, description="An item id from a search result.")]
 # The page loads only its own script, style and images.
@@ -176,7 +176,7 @@ def search(body: SearchRequest, request: Request) -> Response:
         text_weight=body.text_weight, image_weight=body.image_weight,
     )  # fmt: skip
     flt = body.filters.to_filter() if body.filters else None
-    results = get_searcher(request).search(query, body.k, flt, body.hide_flagged)
+    results = get_searcher(request).search(query, body.k, flt, body.hide_flagged, body.modality)
     return search_response(results, start)
 
 
@@ -313,51 +313,3 @@ def score(request: Request, file: UploadFile = File(...), captions: list[str] = 
     image = decode_image(_read_upload(file), searcher.max_pixels)
     scores = clip_score(searcher.embedder.model, [image] * len(captions), list(captions), reduce=False)
     return ScoreResponse(scores=[round(float(s), 6) for s in scores])
-
-
-def serve(
-    index: str | Path, *, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
-    concepts: str | Path | None = None, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
-    cors_origins: tuple[str, ...] = (), log_level: str = "info", threads: int = 1, batch_queries: bool = True,
-    max_encode_items: int = DEFAULT_MAX_ENCODE_ITEMS, precision: Precision | None = None, workers: int = 1,
-) -> None:  # fmt: skip
-    """Run the service with uvicorn until interrupted: one process (it holds the index's write
-    lock) or, with ``workers`` > 1, a writer and read-only replicas on the same port (workers.py).
-
-    ``threads``: torch and FAISS threads per request. The server's parallelism comes from
-    concurrent requests; on a busy machine, intra-op thread teams for one small query mostly
-    wait for each other (a tiny model's text query: 0.7 ms on one thread, 200 ms on two busy cores).
-    With ``batch_queries`` concurrent queries run as micro-batches on one worker thread each (text
-    tower, index search), which then uses the ``threads``.
-    """
-    import sys
-
-    import uvicorn
-
-    if host not in ("127.0.0.1", "localhost", "::1") and not token:
-        print(f"warning: serving on {host} without --token: anyone who can reach it can add and delete images", file=sys.stderr)
-    if workers > 1:
-        from .workers import serve_workers
-
-        serve_workers(index, workers=workers, host=host, port=port, log_level=log_level, threads=threads, token=token,
-                      concepts=concepts, max_upload_bytes=max_upload_bytes, cors_origins=cors_origins,
-                      batch_queries=batch_queries, max_encode_items=max_encode_items, precision=precision)  # fmt: skip
-        return
-    prepare_process(threads)
-    app = create_app(index, token=token, concepts=concepts, max_upload_bytes=max_upload_bytes, cors_origins=cors_origins,
-                     batch_queries=batch_queries, max_encode_items=max_encode_items, precision=precision)  # fmt: skip
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
-
-
-
-def prepare_process(threads: int) -> None:
-    """Set up a process that serves: ``threads`` torch and FAISS threads per request, and
-    malloc keeping freed activation memory for the next request."""
-    import faiss
-    import torch
-
-    from ..inference.allocator import keep_freed_memory
-
-    torch.set_num_threads(threads)
-    faiss.omp_set_num_threads(threads)
-    keep_freed_memory()

@@ -10,9 +10,10 @@ IndicesList):
 - ``GET /indices-list``: ``[name]``, the index folder's name.
 
 Differences, each answered with a clear 4xx rather than a silent change: ``image_url`` is
-refused (the service makes no outbound requests), ``use_mclip`` and ``modality="text"`` are not
-available (the index holds image embeddings only). ``use_safety_model`` hides results flagged
-by the moderation concept "nudity", ``use_violence_detector`` those flagged by "violence" or
+refused (the service makes no outbound requests), ``use_mclip`` is not available (no multilingual
+text model), and ``modality="text"`` searches caption embeddings, in an index that holds them
+(``clipforge index build --from-embeddings ... --modality text|both``). ``use_safety_model``
+hides results flagged by the moderation concept "nudity", ``use_violence_detector`` those flagged by "violence" or
 "gore" (when the concept file has them). Aesthetic embeddings do not exist here, so
 ``aesthetic_score``/``aesthetic_weight`` are ignored, as clip-back ignores them without one.
 """
@@ -52,18 +53,18 @@ def indices_list(request: Request) -> list[str]:
 async def knn_service(request: Request) -> list[dict[str, Any]]:
     body: KnnRequest = await parse_json_body(request, KnnRequest)
     _check_index(request, body.indice_name)
-    _check_supported(body)
+    _check_supported(body, getattr(get_searcher(request).store, "modalities", ("image",)))  # Milvus stores: images
     base = str(request.base_url).rstrip("/")
     return await run_in_threadpool(_knn, get_searcher(request), body, base)
 
 
-def _check_supported(body: KnnRequest) -> None:
+def _check_supported(body: KnnRequest, modalities: tuple[str, ...]) -> None:
     if body.image_url:
         raise HTTPException(422, "image_url is refused: this service makes no outbound requests; send the image base64-encoded in 'image'")
     if body.use_mclip:
         raise HTTPException(422, "use_mclip is not available: this index has no multilingual text model; set it to false")
-    if body.modality != "image":
-        raise HTTPException(422, f"modality {body.modality!r} is not available: this index holds image embeddings only; use 'image'")
+    if body.modality not in modalities:
+        raise HTTPException(422, f"modality {body.modality!r} is not available: this index holds {' and '.join(modalities)} embeddings")
     if not body.text and body.image is None and body.embedding_input is None:
         raise HTTPException(422, "give one of text, image (base64) or embedding_input")
 
@@ -80,7 +81,7 @@ def _knn(searcher: Searcher, body: KnnRequest, base: str) -> list[dict[str, Any]
     hide = [c for c in searcher.moderator.names if (body.use_safety_model and c in SAFETY_CONCEPTS)
             or (body.use_violence_detector and c in VIOLENCE_CONCEPTS)]  # fmt: skip
     wanted = max(body.num_images, body.num_result_ids or body.num_images)
-    results = searcher.search(_query(body), wanted, None, hide or False)
+    results = searcher.search(_query(body), wanted, None, hide or False, body.modality)
     if body.deduplicate:
         results = _deduplicate(searcher, results)
     out = []

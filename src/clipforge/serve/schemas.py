@@ -59,6 +59,8 @@ class SearchRequest(_Strict):
     k: int = Field(10, ge=1, le=MAX_K)
     filters: Optional[FilterModel] = None
     hide_flagged: Union[bool, list[str]] = Field(False, description="True: hide results any concept flags; or a list of concepts.")
+    modality: Optional[Literal["image", "text"]] = Field(
+        None, description="Which embeddings to search in an index that holds both (built --modality both): image or text (captions); default: the index's first.")
 
 
 class ResultModel(BaseModel):

@@ -32,7 +32,7 @@ from typing import Any
 
 from ..errors import DataError
 
-__all__ = ["WorkerSpec", "serve_workers", "WRITER", "REPLICA"]
+__all__ = ["WorkerSpec", "serve_workers", "prepare_process", "WRITER", "REPLICA"]
 
 WRITER, REPLICA = "writer", "replica"
 _RESTART_PAUSE_S = 1.0  # a worker that dies at start is not restarted in a tight loop
@@ -130,7 +130,7 @@ def _run_worker(spec: WorkerSpec, listener: socket.socket) -> None:
     import uvicorn
 
     from ..index.search import open_searcher
-    from .app import create_app, prepare_process
+    from .app import create_app
 
     prepare_process(spec.threads)
     writer = spec.role == WRITER
@@ -152,3 +152,16 @@ def _unix_listener(path: str) -> socket.socket:
     os.chmod(path, 0o600)  # only this user's processes may send writes past the token check's socket
     sock.listen(512)
     return sock
+
+
+def prepare_process(threads: int) -> None:
+    """Set up a process that serves: ``threads`` torch and FAISS threads per request, and
+    malloc keeping freed activation memory for the next request."""
+    import faiss
+    import torch
+
+    from ..inference.allocator import keep_freed_memory
+
+    torch.set_num_threads(threads)
+    faiss.omp_set_num_threads(threads)
+    keep_freed_memory()

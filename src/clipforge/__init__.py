@@ -49,6 +49,8 @@ _EXPORTS: dict[str, str] = {
     "Engine": "clipforge.inference.engine:Engine",
     "EngineConfig": "clipforge.inference.engine:EngineConfig",
     "embed_collection": "clipforge.inference.stream:embed_collection",
+    "ClipObjective": "clipforge.guidance:ClipObjective",
+    "rerank": "clipforge.guidance:rerank",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -129,7 +129,7 @@ def demo_cmd(
 
 
 # --- evaluation ---
-eval_app = typer.Typer(help="Evaluate a model: zero-shot, retrieval, linear probe, style shift.", no_args_is_help=True)
+eval_app = typer.Typer(help="Evaluate a model: zero-shot, retrieval, linear probe, style shift; bias, counting and binding probes.", no_args_is_help=True)
 app.add_typer(eval_app, name="eval")
 
 
@@ -175,6 +175,96 @@ def eval_linear_probe(model: str = _MODEL, data: str = _DATA, out: Path = _OUT, 
 def eval_shift(model: str = _MODEL, data: str = _DATA, out: Path = _OUT, templates: str = typer.Option("emoji", "--templates")) -> None:
     """Zero-shot accuracy of the same emoji concepts in other styles (fonts, grey-scale, blur)."""
     _eval("shift", model, data, out, templates, "train")
+
+
+def _print_probe(result: dict, out: Path) -> None:
+    for key, value in result["metrics"].items():
+        if isinstance(value, float):
+            typer.echo(f"{key:32s} {value:.4f}")
+    typer.echo(f"wrote {out}/")
+
+
+@eval_app.command("bias")
+def eval_bias(
+    model: str = _MODEL, out: Path = _OUT, templates: str = typer.Option("emoji", "--templates"),
+    max_activities: Optional[int] = typer.Option(None, "--max-activities", help="Use only this many activities (a quick look)."),
+) -> None:
+    """OpenMoji people (person/man/woman x five skin tones): per-group accuracy, loaded-prompt rates, gaps."""
+    from .eval.bias import run_bias
+
+    _print_probe(run_bias(model, out, max_activities=max_activities, templates=templates), out)
+
+
+@eval_app.command("counting")
+def eval_counting(
+    model: str = _MODEL, out: Path = _OUT,
+    per_count: int = typer.Option(30, "--per-count", min=1, help="Pictures of each count (1-6 shapes)."),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Zero-shot 'a picture of N shapes' on generated pictures of 1-6 shapes, with chance beside it."""
+    from .eval.counting import run_counting
+
+    _print_probe(run_counting(model, out, per_count=per_count, seed=seed), out)
+
+
+@eval_app.command("binding")
+def eval_binding(
+    model: str = _MODEL, out: Path = _OUT,
+    trials: int = typer.Option(120, "--trials", min=1, help="Pictures of two coloured shapes."),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Attribute binding: 'a red circle and a blue square' vs the colours swapped; colour and shape controls."""
+    from .eval.binding import run_binding
+
+    _print_probe(run_binding(model, out, trials=trials, seed=seed), out)
+
+
+# --- guidance ---
+@app.command("guide")
+def guide_cmd(
+    prompt: str = typer.Argument(..., help="What to draw."),
+    model: str = typer.Option(..., "--model", "-m", help="Guiding model: name or checkpoint."),
+    out: Path = typer.Option(Path("guide.png"), "--out", "-o", help="Image to write; OUT_sheet.png, OUT_curve.png and OUT.json go beside it."),
+    judge: Optional[str] = typer.Option(None, "--judge", help="An independently trained model that scores the result (it never guides)."),
+    negative: list[str] = typer.Option([], "--negative", help="Prompt to steer away from (repeatable)."),
+    steps: int = typer.Option(200, "--steps", min=1),
+    size: Optional[int] = typer.Option(None, "--size", help="Image side in pixels (default: twice the model's input)."),
+    param: str = typer.Option("pyramid", "--param", help="Image parametrisation: pyramid (multi-scale pixels) or fourier."),
+    lr: float = typer.Option(0.05, "--lr"),
+    cutouts: int = typer.Option(16, "--cutouts", min=1, help="Random crops scored per step (fewer: faster, noisier, more adversarial)."),
+    seed: int = typer.Option(0, "--seed"),
+    truncate: bool = typer.Option(False, "--truncate", help="Cut prompts longer than the context length instead of refusing them."),
+) -> None:
+    """Draw an image for PROMPT by optimising pixels against CLIP; judge it with a second model."""
+    from .guidance.synth import run_guide
+
+    s = run_guide(prompt, model, out, judge_spec=judge, negative_prompts=negative, steps=steps, size=size, param=param,
+                  lr=lr, cutouts=cutouts, seed=seed, truncate=truncate)  # fmt: skip
+    typer.echo(f"guide model  cosine {s['guide']['before']:+.4f} -> {s['guide']['after']:+.4f}")
+    if "judge" in s:
+        typer.echo(f"judge model  cosine {s['judge']['before']:+.4f} -> {s['judge']['after']:+.4f}"
+                   + ("" if s["judge"]["rose"] else "  (did not rise: the image may fool only the guide)"))  # fmt: skip
+    else:
+        typer.echo("no --judge: the guide's own score proves little (an image optimised against a model can fool it)")
+    typer.echo(f"wrote {out}, {s['files']['sheet']}, {s['files']['curve']}, {s['files']['json']}")
+
+
+@app.command("rerank")
+def rerank_cmd(
+    images: str = typer.Argument(..., help="Candidates: a folder of images, one image, or a .npy of `clipforge embed` (its --out FILE.npy, or a shard OUT/img_emb/img_emb_00000.npy)."),
+    prompt: str = typer.Argument(..., help="The text to rank them against."),
+    model: str = typer.Option(..., "--model", "-m", help="Model name or checkpoint (for a .npy: the one that embedded it)."),
+    out: Path = typer.Option(Path("rerank_out"), "--out", "-o", help="Folder for rerank.json and rerank.html."),
+    top: int = typer.Option(10, "--top", min=1, help="Candidates printed here (the JSON holds all)."),
+    truncate: bool = typer.Option(False, "--truncate", help="Cut a prompt longer than the context length instead of refusing it."),
+) -> None:
+    """Rank candidate images by CLIPScore against PROMPT (as DALL-E chose among samples); JSON + HTML sheet."""
+    from .guidance.rerank import run_rerank
+
+    s = run_rerank(images, prompt, model, out, truncate=truncate)
+    for row in s["ranking"][:top]:
+        typer.echo(f"{row['rank']:4d}  {row['clip_score']:.4f}  {row['item']}")
+    typer.echo(f"ranked {s['ranked']} of {s['candidates']}; skipped {s['skipped']} unreadable; wrote {out}/rerank.json, {out}/rerank.html")
 
 
 # --- search ---

@@ -24,7 +24,7 @@ from ..errors import DataError
 from .manifest import Manifest
 from .shards import Job, Plan, build_cached, check_params, spread
 
-__all__ = ["BUILDER_VERSION", "EmojiName", "build_openmoji", "emoji_name", "caption_templates", "captions_for"]
+__all__ = ["BUILDER_VERSION", "EmojiName", "build_openmoji", "emoji_name", "caption_templates", "captions_for", "render_svg"]
 
 # 3: val split, captions drawn per file (not from a shared stream), Unicode-database names.
 BUILDER_VERSION = 3

@@ -26,6 +26,10 @@ All contenders of one cell run side by side, one call each in turn with the orde
 round, so load from other processes falls on all alike; the median call is reported.
 
     python bench/inference.py [--archs ViT-B-32,RN50] [--no-compile] [--no-onnx] [--device cpu]
+    python bench/inference.py --archs ViT-B-32,ViT-B-16-SigLIP   # + SigLIP's image tower vs open_clip (timm) and SiglipModel
+
+Text rows run for the first architecture only; a SigLIP's tokenizer is a hub download, so give
+it as a later architecture (image rows) unless its tokenizer files are in the Hugging Face cache.
 """
 
 from __future__ import annotations
@@ -230,10 +234,12 @@ def open_clip_rows(model, arch: str, device: str) -> list[tuple[str, Callable[[]
     def build(amp: bool) -> Contender:
         import open_clip
 
+        from clipforge.checkpoint.open_clip import to_open_clip_state_dict
+
         oc = open_clip.create_model(arch, quick_gelu=model.config.quick_gelu)
-        oc.load_state_dict(model.state_dict(), strict=False)  # ours has no position_ids buffers
+        # open_clip's names (a SigLIP's timm trunk through the table); ours has no position_ids buffers
+        oc.load_state_dict(to_open_clip_state_dict(model), strict=False)
         oc = oc.to(device).eval()
-        tokenizer = open_clip.get_tokenizer(arch)
         kind = torch.device(device).type
 
         def run(fn: Callable[[], torch.Tensor]) -> torch.Tensor:
@@ -241,6 +247,7 @@ def open_clip_rows(model, arch: str, device: str) -> list[tuple[str, Callable[[]
                 return F.normalize(fn().float(), dim=-1)
 
         def texts(strings: list[str]) -> torch.Tensor:
+            tokenizer = open_clip.get_tokenizer(arch)  # a hub tokenizer (SigLIP's) only when texts are timed
             return torch.cat([run(lambda: oc.encode_text(tokenizer(strings[i : i + 256]).to(device)))
                               for i in range(0, len(strings), 256)])  # fmt: skip
 
@@ -251,20 +258,21 @@ def open_clip_rows(model, arch: str, device: str) -> list[tuple[str, Callable[[]
 
 
 def transformers_rows(model, device: str) -> list[tuple[str, Callable[[], Contender]]]:
-    """transformers' CLIPModel has no ResNet tower: ViTs only."""
+    """transformers' CLIPModel (or SiglipModel for a SigLIP) has no ResNet tower: ViTs only."""
     if model.config.vision.is_resnet:
         return []
     low, tag = low_dtype(device), low_name(device)
 
     def build(dtype: torch.dtype) -> Contender:
-        from transformers import CLIPModel, CLIPTokenizerFast
+        from transformers import AutoTokenizer, CLIPModel, SiglipModel
 
-        from clipforge.checkpoint.hf import save_hf_dir
+        from clipforge.checkpoint.hf import hf_model_type, save_hf_dir
 
         folder = Path(tempfile.mkdtemp(prefix="clipforge-bench-hf-"))
         save_hf_dir(model, folder)
-        hf = CLIPModel.from_pretrained(folder, torch_dtype=dtype).to(device).eval()
-        tokenizer = CLIPTokenizerFast.from_pretrained(folder)
+        cls = SiglipModel if hf_model_type(model.config) == "siglip" else CLIPModel
+        hf = cls.from_pretrained(folder, torch_dtype=dtype).to(device).eval()
+        tokenizer = AutoTokenizer.from_pretrained(folder) if cls is CLIPModel else None  # SigLIP's is not ours to write
 
         @torch.inference_mode()
         def images(x: torch.Tensor) -> torch.Tensor:

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import functools
+from typing import Callable, Sequence
+
 import torch
 
 from .config import CLIPConfig
 from .models.clip import CLIP
+from .models.hf_tokenizer import text_tokenizer
 from .registry import get_model_config
+from .tokenizer import tokenize
 from .transforms import Preprocess, image_transform
 
-__all__ = ["create_model", "create_preprocess", "resolve_config"]
+__all__ = ["create_model", "create_preprocess", "create_tokenizer", "resolve_config", "Tokenize"]
+
+Tokenize = Callable[[Sequence[str]], torch.Tensor]  # texts -> (n, context_length) int64 ids
 
 
 def resolve_config(model: str | CLIPConfig) -> CLIPConfig:
@@ -37,5 +44,19 @@ def create_model(
 
 
 def create_preprocess(model: CLIP | CLIPConfig, train: bool = False) -> Preprocess:
+    """The image transform the model's weights expect (its config's preprocess: OpenAI's, or
+    SigLIP's / CLIPA's statistics and squash resize); ``train``: with augmentation."""
     config = model.config if isinstance(model, CLIP) else model
-    return image_transform(config.vision.image_size, train=train)
+    pre = config.preprocess
+    return image_transform(config.vision.image_size, train=train, mean=pre.mean, std=pre.std,
+                           interpolation=pre.interpolation, resize_mode=pre.resize_mode)  # fmt: skip
+
+
+def create_tokenizer(model: CLIP | CLIPConfig, *, download: bool = True) -> Tokenize:
+    """The tokenizer the model's text tower reads (open_clip's ``get_tokenizer``): CLIP's BPE, or
+    the Hugging Face tokenizer its config names (``hf_tokenizer_name``: SigLIP, XLM-R...).
+    Texts longer than the context length are cut, as every CLIP user's pipeline does."""
+    config = model.config if isinstance(model, CLIP) else model
+    if config.text.hf_tokenizer_name:
+        return text_tokenizer(config.text, download=download)
+    return functools.partial(tokenize, context_length=config.text.context_length, truncate=True)

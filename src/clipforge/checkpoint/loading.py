@@ -13,7 +13,7 @@ from ..factory import create_model, create_preprocess
 from ..models.clip import CLIP
 from ..registry import MODEL_CONFIGS
 from ..transforms import Preprocess
-from . import hf, io, open_clip, openai
+from . import hf, hub, io, open_clip, openai, towers
 from . import pretrained as published
 
 __all__ = ["Format", "detect_format", "load", "load_model", "convert"]
@@ -60,6 +60,10 @@ def load_model(
 ) -> CLIP:
     """Any supported source -> CLIP in eval mode on the CPU."""
     name = str(name_or_path)
+    if hub.is_repository(name):  # hf-hub:ORG/NAME, local-dir:PATH
+        return hub.load_repository(name, quick_gelu, download)
+    if pretrained not in (None, "openai"):  # open_clip's tags, e.g. laion2b_s34b_b79k
+        return hub.load_pretrained_tag(name, pretrained, quick_gelu, download)
     weights = published.resolve_pretrained(name, pretrained) if not Path(name).exists() else None
     if weights is not None:
         path = published.fetch(weights, download=download)
@@ -91,12 +95,13 @@ def _load_file(path: Path, quick_gelu: bool | None, openai_default: bool) -> CLI
         state = io.load_state_dict_safetensors(path)
     else:
         state = open_clip.unwrap_training_checkpoint(openai.read_torch_file(path))
-    state = openai.from_openai(open_clip.from_open_clip(state))
+    state = openai.from_openai(towers.from_open_clip_towers(open_clip.from_open_clip(state)))
     sidecar = open_clip.read_sidecar_config(path)
     if sidecar is not None:  # written by `clipforge convert --to open_clip`: heads, activation
         if quick_gelu is not None and quick_gelu != sidecar.quick_gelu:
             raise CheckpointError(io.activation_message(path, sidecar.quick_gelu, quick_gelu))
         return _from_openai_keys(state, sidecar.quick_gelu, path, sidecar)
+    open_clip.needs_sidecar_config(state, path)  # SigLIP: shapes do not say heads, activations, pooling
     # A plain state dict does not say which activation it was trained with; OpenAI's is QuickGELU.
     return _from_openai_keys(state, openai_default if quick_gelu is None else quick_gelu, path)
 
@@ -107,7 +112,7 @@ def _from_openai_keys(
     from .strict import load_strict
 
     config = config or openai.infer_config(state, quick_gelu=quick_gelu)
-    if "logit_bias" in state:
+    if "logit_bias" in state and config.init_logit_bias is None:  # keep a sidecar's init value
         config = config.replace(init_logit_bias=0.0)
     model = CLIP(config)
     load_strict(model, state, source=str(path))
@@ -131,7 +136,11 @@ def load(
     - a clipforge ``.safetensors`` file (config inside);
     - an OpenAI TorchScript archive or state dict (``.pt``), an open_clip checkpoint (plain
       state dict, ``{"state_dict": ...}`` training checkpoint, or ``.safetensors``);
-    - a Hugging Face ``CLIPModel`` directory.
+    - a Hugging Face ``CLIPModel`` directory;
+    - ``pretrained=TAG`` for open_clip's published tags (``("ViT-B-32", "laion2b_s34b_b79k")``,
+      see ``checkpoint.pretrained.list_pretrained()``), fetched through the Hugging Face cache;
+    - ``"hf-hub:ORG/NAME"`` or ``"local-dir:PATH"``: an open_clip-format repository
+      (``open_clip_config.json`` + weights) or a Hugging Face-format one (``config.json`` + weights).
 
     Plain state dicts do not record the activation: they load with QuickGELU (OpenAI's) unless
     ``quick_gelu=False``. Pickles load with ``weights_only=True``; one that would run code is refused.

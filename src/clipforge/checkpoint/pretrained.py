@@ -1,4 +1,6 @@
-"""Published OpenAI weights: names, download locations, SHA-256 sums, and the local cache.
+"""Published weights: OpenAI's (names, download locations, SHA-256 sums, the local cache) and
+open_clip's pretrained tags (``("ViT-B-32", "laion2b_s34b_b79k")`` -> a Hugging Face repository,
+fetched by ``checkpoint.hub`` through the Hugging Face cache).
 
 Nothing downloads unless asked: ``fetch`` looks in the cache first, downloads only when
 ``download=True`` (the default for ``clipforge.load``), verifies the checksum, and when offline
@@ -7,6 +9,7 @@ says exactly which file to place where.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import urllib.error
@@ -14,9 +17,11 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..config import PreprocessConfig
 from ..errors import CheckpointError, OfflineError
 
-__all__ = ["PretrainedWeights", "OPENAI_WEIGHTS", "OPENAI_NAMES", "cache_dir", "fetch", "resolve_pretrained"]
+__all__ = ["tag_preprocess", "PretrainedWeights", "OPENAI_WEIGHTS", "OPENAI_NAMES", "cache_dir", "fetch", "resolve_pretrained",
+           "HubWeights", "OPEN_CLIP_WEIGHTS", "list_pretrained", "resolve_open_clip_tag"]  # fmt: skip
 
 _BASE = "https://openaipublic.azureedge.net/clip/models"
 
@@ -132,3 +137,118 @@ def _download(weights: PretrainedWeights, target: Path, timeout: float) -> None:
         os.replace(partial, target)
     finally:
         partial.unlink(missing_ok=True)
+
+
+# --- open_clip's pretrained tags ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HubWeights:
+    """An open_clip pretrained tag: the weights in a Hugging Face repository in open_clip's
+    layout (``open_clip_model.safetensors`` or ``open_clip_pytorch_model.bin``)."""
+
+    architecture: str  # model name (open_clip's), the -quickgelu variant where trained with it
+    repo: str  # Hugging Face repository id
+    normalize: str = "openai"  # image mean/std the weights were trained with: 'openai' or 'inception'
+    resize: str = "shortest"  # 'shortest' side then center crop, or 'squash' to the square
+    # open_clip publishes no SHA-256 for its Hub weights; the Hub's own LFS hashes apply.
+    sha256: str | None = None
+
+
+# open_clip's INCEPTION_MEAN/STD (pretrained tags marked "inception": SigLIP, some LAION ViTs)
+_INCEPTION = (0.5, 0.5, 0.5)
+
+
+def tag_preprocess(weights: HubWeights, base: PreprocessConfig) -> PreprocessConfig:
+    """The preprocessing a tag's weights were trained with, over the architecture's own."""
+    mean = _INCEPTION if weights.normalize == "inception" else base.mean
+    std = _INCEPTION if weights.normalize == "inception" else base.std
+    resize = "squash" if weights.resize == "squash" else base.resize_mode
+    return dataclasses.replace(base, mean=mean, std=std, resize_mode=resize)
+
+
+def _hub(arch: str, repo: str, normalize: str = "openai", resize: str = "shortest") -> HubWeights:
+    return HubWeights(arch, repo, normalize, resize)
+
+
+# (model name, tag) -> weights, as open_clip 3.3's pretrained.py (its `hf_hub` entries; tests check
+# every entry against it). The most used tags; the CommonPool ablations and CoCa are left out.
+OPEN_CLIP_WEIGHTS: dict[tuple[str, str], HubWeights] = {
+    ("ViT-B-32", "laion400m_e31"): _hub("ViT-B-32-quickgelu", "timm/vit_base_patch32_clip_224.laion400m_e31"),
+    ("ViT-B-32", "laion400m_e32"): _hub("ViT-B-32-quickgelu", "timm/vit_base_patch32_clip_224.laion400m_e32"),
+    ("ViT-B-32", "laion2b_e16"): _hub("ViT-B-32", "timm/vit_base_patch32_clip_224.laion2b_e16"),
+    ("ViT-B-32", "laion2b_s34b_b79k"): _hub("ViT-B-32", "laion/CLIP-ViT-B-32-laion2B-s34B-b79K"),
+    ("ViT-B-32", "datacomp_xl_s13b_b90k"): _hub("ViT-B-32", "laion/CLIP-ViT-B-32-DataComp.XL-s13B-b90K"),
+    ("ViT-B-32", "metaclip_400m"): _hub("ViT-B-32-quickgelu", "timm/vit_base_patch32_clip_224.metaclip_400m"),
+    ("ViT-B-32", "metaclip_fullcc"): _hub("ViT-B-32-quickgelu", "timm/vit_base_patch32_clip_224.metaclip_2pt5b"),
+    ("ViT-B-32-256", "datacomp_s34b_b86k"): _hub("ViT-B-32-256", "laion/CLIP-ViT-B-32-256x256-DataComp-s34B-b86K"),
+    ("ViT-B-16", "laion400m_e31"): _hub("ViT-B-16", "timm/vit_base_patch16_clip_224.laion400m_e31"),
+    ("ViT-B-16", "laion400m_e32"): _hub("ViT-B-16", "timm/vit_base_patch16_clip_224.laion400m_e32"),
+    ("ViT-B-16", "laion2b_s34b_b88k"): _hub("ViT-B-16", "laion/CLIP-ViT-B-16-laion2B-s34B-b88K"),
+    ("ViT-B-16", "datacomp_xl_s13b_b90k"): _hub("ViT-B-16", "laion/CLIP-ViT-B-16-DataComp.XL-s13B-b90K"),
+    ("ViT-B-16", "datacomp_l_s1b_b8k"): _hub("ViT-B-16", "laion/CLIP-ViT-B-16-DataComp.L-s1B-b8K"),
+    ("ViT-B-16", "dfn2b"): _hub("ViT-B-16-quickgelu", "apple/DFN2B-CLIP-ViT-B-16"),
+    ("ViT-B-16", "metaclip_400m"): _hub("ViT-B-16-quickgelu", "timm/vit_base_patch16_clip_224.metaclip_400m"),
+    ("ViT-B-16", "metaclip_fullcc"): _hub("ViT-B-16-quickgelu", "timm/vit_base_patch16_clip_224.metaclip_2pt5b"),
+    ("ViT-L-14", "laion400m_e31"): _hub("ViT-L-14", "timm/vit_large_patch14_clip_224.laion400m_e31"),
+    ("ViT-L-14", "laion400m_e32"): _hub("ViT-L-14", "timm/vit_large_patch14_clip_224.laion400m_e32"),
+    ("ViT-L-14", "laion2b_s32b_b82k"): _hub("ViT-L-14", "laion/CLIP-ViT-L-14-laion2B-s32B-b82K", "inception"),
+    ("ViT-L-14", "datacomp_xl_s13b_b90k"): _hub("ViT-L-14", "laion/CLIP-ViT-L-14-DataComp.XL-s13B-b90K"),
+    ("ViT-L-14", "metaclip_400m"): _hub("ViT-L-14-quickgelu", "timm/vit_large_patch14_clip_224.metaclip_400m"),
+    ("ViT-L-14", "metaclip_fullcc"): _hub("ViT-L-14-quickgelu", "timm/vit_large_patch14_clip_224.metaclip_2pt5b"),
+    ("ViT-L-14", "dfn2b"): _hub("ViT-L-14-quickgelu", "apple/DFN2B-CLIP-ViT-L-14"),
+    ("ViT-L-14", "dfn2b_s39b"): _hub("ViT-L-14", "apple/DFN2B-CLIP-ViT-L-14-39B"),
+    ("ViT-H-14", "laion2b_s32b_b79k"): _hub("ViT-H-14", "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"),
+    ("ViT-H-14", "metaclip_fullcc"): _hub("ViT-H-14-quickgelu", "timm/vit_huge_patch14_clip_224.metaclip_2pt5b"),
+    ("ViT-H-14", "metaclip_altogether"): _hub("ViT-H-14", "timm/vit_huge_patch14_clip_224.metaclip_altogether"),
+    ("ViT-H-14", "dfn5b"): _hub("ViT-H-14-quickgelu", "apple/DFN5B-CLIP-ViT-H-14", "openai", "squash"),
+    ("ViT-g-14", "laion2b_s12b_b42k"): _hub("ViT-g-14", "laion/CLIP-ViT-g-14-laion2B-s12B-b42K"),
+    ("ViT-g-14", "laion2b_s34b_b88k"): _hub("ViT-g-14", "laion/CLIP-ViT-g-14-laion2B-s34B-b88K"),
+    ("ViT-bigG-14", "laion2b_s39b_b160k"): _hub("ViT-bigG-14", "laion/CLIP-ViT-bigG-14-laion2B-39B-b160k"),
+    ("ViT-bigG-14", "metaclip_fullcc"): _hub("ViT-bigG-14-quickgelu", "timm/vit_gigantic_patch14_clip_224.metaclip_2pt5b"),
+    ("convnext_base", "laion400m_s13b_b51k"): _hub("convnext_base", "laion/CLIP-convnext_base-laion400M-s13B-b51K"),
+    ("convnext_base_w", "laion2b_s13b_b82k"): _hub("convnext_base_w", "laion/CLIP-convnext_base_w-laion2B-s13B-b82K"),
+    ("convnext_base_w", "laion2b_s13b_b82k_augreg"): _hub("convnext_base_w", "laion/CLIP-convnext_base_w-laion2B-s13B-b82K-augreg"),
+    ("convnext_base_w", "laion_aesthetic_s13b_b82k"): _hub("convnext_base_w", "laion/CLIP-convnext_base_w-laion_aesthetic-s13B-b82K"),
+    ("convnext_base_w_320", "laion_aesthetic_s13b_b82k"): _hub("convnext_base_w_320", "laion/CLIP-convnext_base_w_320-laion_aesthetic-s13B-b82K"),
+    ("convnext_base_w_320", "laion_aesthetic_s13b_b82k_augreg"): _hub("convnext_base_w_320", "laion/CLIP-convnext_base_w_320-laion_aesthetic-s13B-b82K-augreg"),
+    ("convnext_large_d", "laion2b_s26b_b102k_augreg"): _hub("convnext_large_d", "laion/CLIP-convnext_large_d.laion2B-s26B-b102K-augreg"),
+    ("convnext_large_d_320", "laion2b_s29b_b131k_ft"): _hub("convnext_large_d_320", "laion/CLIP-convnext_large_d_320.laion2B-s29B-b131K-ft"),
+    ("convnext_large_d_320", "laion2b_s29b_b131k_ft_soup"): _hub("convnext_large_d_320", "laion/CLIP-convnext_large_d_320.laion2B-s29B-b131K-ft-soup"),
+    ("convnext_xxlarge", "laion2b_s34b_b82k_augreg"): _hub("convnext_xxlarge", "laion/CLIP-convnext_xxlarge-laion2B-s34B-b82K-augreg"),
+    ("convnext_xxlarge", "laion2b_s34b_b82k_augreg_rewind"): _hub("convnext_xxlarge", "laion/CLIP-convnext_xxlarge-laion2B-s34B-b82K-augreg-rewind"),
+    ("convnext_xxlarge", "laion2b_s34b_b82k_augreg_soup"): _hub("convnext_xxlarge", "laion/CLIP-convnext_xxlarge-laion2B-s34B-b82K-augreg-soup"),
+    ("roberta-ViT-B-32", "laion2b_s12b_b32k"): _hub("roberta-ViT-B-32", "laion/CLIP-ViT-B-32-roberta-base-laion2B-s12B-b32k"),
+    ("xlm-roberta-base-ViT-B-32", "laion5b_s13b_b90k"): _hub("xlm-roberta-base-ViT-B-32", "laion/CLIP-ViT-B-32-xlm-roberta-base-laion5B-s13B-b90k"),
+    ("xlm-roberta-large-ViT-H-14", "frozen_laion5b_s13b_b90k"): _hub("xlm-roberta-large-ViT-H-14", "laion/CLIP-ViT-H-14-frozen-xlm-roberta-large-laion5B-s13B-b90k"),
+    # SigLIP / SigLIP2 (the architectures are part A's of issue #16): Inception mean/std, squashed.
+    **{(arch, "webli"): _hub(arch, f"timm/{arch}", "inception", "squash") for arch in (
+        "ViT-B-16-SigLIP", "ViT-B-16-SigLIP-256", "ViT-B-16-SigLIP-i18n-256", "ViT-B-16-SigLIP-384",
+        "ViT-B-16-SigLIP-512", "ViT-L-16-SigLIP-256", "ViT-L-16-SigLIP-384", "ViT-SO400M-14-SigLIP",
+        "ViT-SO400M-14-SigLIP-384", "ViT-B-32-SigLIP2-256", "ViT-B-16-SigLIP2", "ViT-B-16-SigLIP2-256",
+        "ViT-B-16-SigLIP2-384", "ViT-B-16-SigLIP2-512", "ViT-L-16-SigLIP2-256", "ViT-L-16-SigLIP2-384",
+        "ViT-L-16-SigLIP2-512", "ViT-SO400M-14-SigLIP2", "ViT-SO400M-14-SigLIP2-378",
+        "ViT-SO400M-16-SigLIP2-256", "ViT-SO400M-16-SigLIP2-384", "ViT-SO400M-16-SigLIP2-512",
+        "ViT-gopt-16-SigLIP2-256", "ViT-gopt-16-SigLIP2-384")},
+}  # fmt: skip
+
+
+def list_pretrained() -> list[tuple[str, str]]:
+    """Every (model name, tag) with published weights: OpenAI's and open_clip's."""
+    return sorted([(name, "openai") for name in OPENAI_WEIGHTS] + list(OPEN_CLIP_WEIGHTS))
+
+
+def resolve_open_clip_tag(name: str, tag: str) -> HubWeights:
+    """``("ViT-B-32", "laion2b_s34b_b79k")`` -> its repository; ``-quickgelu`` names work too."""
+    key = (name, tag)
+    if key not in OPEN_CLIP_WEIGHTS and name.endswith("-quickgelu"):
+        key = (name.removesuffix("-quickgelu"), tag)
+    if key in OPEN_CLIP_WEIGHTS:
+        return OPEN_CLIP_WEIGHTS[key]
+    tags = sorted(t for n, t in list_pretrained() if n == key[0])
+    if not tags:
+        raise CheckpointError(
+            f"no published weights for the model {name!r}; `clipforge.checkpoint.pretrained.list_pretrained()` "
+            "lists the (model, tag) pairs"
+        )
+    raise CheckpointError(f"unknown pretrained tag {tag!r} for {name!r}; its tags: {', '.join(tags)}")

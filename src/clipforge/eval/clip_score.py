@@ -15,7 +15,7 @@ from PIL import Image
 
 from ..factory import create_preprocess
 from ..models.clip import CLIP
-from ..tokenizer import tokenize
+from ..factory import create_tokenizer
 
 __all__ = ["clip_score", "CONVENTIONS"]
 
@@ -36,7 +36,7 @@ def clip_score(model: CLIP, images: Sequence[Image.Image] | torch.Tensor, captio
         preprocess = create_preprocess(model)
         images = torch.stack([preprocess(im) for im in images])
     img = F.normalize(model.encode_image(images.to(device)).float(), dim=-1)
-    tokens = tokenize(list(captions), context_length=model.context_length, truncate=True).to(device)
+    tokens = create_tokenizer(model)(list(captions)).to(device)
     txt = F.normalize(model.encode_text(tokens).float(), dim=-1)
     cosine = (img * txt).sum(dim=-1)  # (n,)
     if convention == "torchmetrics" and reduce:

@@ -12,7 +12,7 @@ from ..errors import DataError
 from ..inference.engine import as_engine
 from ..inference.image_batches import batch_ranges, embed_image_batches
 from ..models.clip import CLIP
-from ..tokenizer import tokenize
+from ..factory import create_tokenizer
 
 __all__ = ["embed_pil_images", "embed_captions"]
 
@@ -36,8 +36,8 @@ def embed_pil_images(model: CLIP, images: Sequence[Callable[[], Image.Image]] | 
 @torch.no_grad()
 def embed_captions(model: CLIP, captions: Sequence[str], batch_size: int = 512) -> torch.Tensor:
     device = next(model.parameters()).device
-    out = []
+    out, tokenize = [], create_tokenizer(model)  # the text tower's own tokenizer
     for start in range(0, len(captions), batch_size):
-        tokens = tokenize(list(captions[start : start + batch_size]), context_length=model.context_length, truncate=True)
+        tokens = tokenize(list(captions[start : start + batch_size]))
         out.append(F.normalize(model.encode_text(tokens.to(device)).float(), dim=-1).cpu())
     return torch.cat(out) if out else torch.zeros(0, model.config.embed_dim)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models.clip import CLIP
-from ..tokenizer import tokenize
+from ..factory import create_tokenizer
 
 __all__ = ["zero_shot_classifier", "classification_metrics", "evaluate_zeroshot"]
 
@@ -21,9 +21,9 @@ def zero_shot_classifier(model: CLIP, classnames: Sequence[str], templates: Sequ
     averaged, normalised again. Prompts are embedded in batches across classes."""
     prompts = [t.format(c) if "{}" in t else t.replace("{c}", c) for c in classnames for t in templates]
     device = next(model.parameters()).device
-    chunks = []
+    chunks, tokenize = [], create_tokenizer(model)  # the text tower's own tokenizer
     for start in range(0, len(prompts), batch_size):
-        tokens = tokenize(prompts[start : start + batch_size], context_length=model.context_length, truncate=True)
+        tokens = tokenize(prompts[start : start + batch_size])
         chunks.append(F.normalize(model.encode_text(tokens.to(device)).float(), dim=-1))
     per_prompt = torch.cat(chunks).view(len(classnames), len(templates), -1)  # (classes, templates, dim)
     return F.normalize(per_prompt.mean(dim=1), dim=-1).T  # (dim, classes)

@@ -17,6 +17,7 @@ Levers, each exact or within bf16 rounding:
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 from dataclasses import dataclass
 from typing import Literal, Sequence
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 from ..errors import ClipforgeError
 from ..models.clip import CLIP
 from ..models.modified_resnet import ModifiedResNet
-from ..tokenizer import tokenize
+from ..factory import Tokenize, create_tokenizer
 from .packed import can_pack, pack_for_inference
 
 __all__ = ["EngineConfig", "Engine", "Precision", "as_engine", "resolve_precision", "cpu_supports_bf16",
@@ -102,6 +103,12 @@ class Engine:
             # Texts vary in batch and length: one graph with symbolic sizes, not one per shape.
             self._text = torch.compile(self._text, options=options, dynamic=True)
 
+    @functools.cached_property
+    def tokenize(self) -> Tokenize:
+        """CLIP's BPE, or the text tower's own tokenizer (SigLIP, XLM-R): made on first use, so
+        embedding images never needs a tokenizer's files."""
+        return create_tokenizer(self.model.config)
+
     @property
     def channels_last(self) -> bool:
         return self.config.channels_last and isinstance(self.model.visual, ModifiedResNet)
@@ -135,10 +142,10 @@ class Engine:
             raise ClipforgeError(
                 f"expected token ids of shape (batch, <= {self.context_length}), got {tuple(tokens.shape)}"
             )
-        eot = tokens.argmax(dim=-1)  # (batch,): the end-of-text token has the largest id
-        n = int(eot.max()) + 1 if len(tokens) else 1
-        tokens = tokens[:, :n].to(self.device)
-        return F.normalize(self._text(tokens, eot.to(self.device)).float(), dim=-1).cpu()
+        eot = self.model.text_pool_positions(tokens)  # (batch,): where each text is pooled
+        if self.model.text_trimmable and len(tokens):  # CLIP's causal tower: exact up to the last pooled position
+            tokens = tokens[:, : int(eot.max()) + 1]
+        return F.normalize(self._text(tokens.to(self.device), eot.to(self.device)).float(), dim=-1).cpu()
 
     def encode_texts(self, texts: Sequence[str], batch_size: int | None = None) -> torch.Tensor:
         """Texts -> (len(texts), embed_dim) float32, normalised, in the order given.
@@ -147,8 +154,8 @@ class Engine:
         up to its own longest text, so a few long captions don't slow the short prompts down.
         """
         batch_size = batch_size or self.config.text_batch_size
-        tokens = tokenize(list(texts), context_length=self.context_length, truncate=True)
-        lengths = tokens.argmax(dim=-1)  # (n,): end-of-text position
+        tokens = self.tokenize(list(texts))  # (n, context_length)
+        lengths = self.model.text_pool_positions(tokens)  # (n,): pooled position (end of text in CLIP)
         order = torch.argsort(lengths, stable=True)
         out = torch.empty(len(texts), self.embed_dim)
         for start in range(0, len(texts), batch_size):

@@ -12,9 +12,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import CLIPConfig
+from .hf_text_tower import HFTextTower
 from .layers import QuickGELU
 from .modified_resnet import ModifiedResNet
 from .text_transformer import TextTower
+from .timm_tower import TimmTower
 from .vision_transformer import VisionTransformer
 
 __all__ = ["CLIP", "build_model", "MAX_LOGIT_SCALE"]
@@ -31,17 +33,25 @@ class CLIP(TextTower):
     """
 
     # Embeddings and the temperature: no weight decay (see train/optim.py).
-    no_weight_decay = ("positional_embedding", "logit_scale", "logit_bias")
+    no_weight_decay = ("positional_embedding", "logit_scale", "logit_bias", "text_projection_bias")
 
     def __init__(self, config: CLIPConfig) -> None:
         super().__init__()
         self.config = config
         act_layer: type[nn.Module] = QuickGELU if config.quick_gelu else nn.GELU
-        if config.vision.is_resnet:
-            self.visual: nn.Module = ModifiedResNet(config.vision, config.embed_dim)
+        if config.vision.timm_model_name:
+            self.visual: nn.Module = TimmTower(config.vision, config.embed_dim)
+        elif config.vision.is_resnet:
+            self.visual = ModifiedResNet(config.vision, config.embed_dim)
         else:
             self.visual = VisionTransformer(config.vision, config.embed_dim, act_layer)
-        self._build_text_tower(config.text, config.embed_dim, act_layer)
+        # A Hugging Face text tower lives under `text.` (open_clip's CustomTextCLIP names).
+        self.text: HFTextTower | None = None
+        if config.text.hf_model_name:
+            self.text = HFTextTower(config.text, config.embed_dim)
+            self.context_length, self.vocab_size = config.text.context_length, self.text.vocab_size
+        else:
+            self._build_text_tower(config.text, config.embed_dim, act_layer)
         self.logit_scale = nn.Parameter(torch.tensor(float(config.init_logit_scale)))
         self.logit_bias: nn.Parameter | None = None
         if config.init_logit_bias is not None:
@@ -50,12 +60,15 @@ class CLIP(TextTower):
 
     def initialize_parameters(self) -> None:
         """OpenAI's reference initialisation scheme."""
-        self._init_text_tower()
+        if self.text is None:  # transformers initialises its own encoders
+            self._init_text_tower()
         if isinstance(self.visual, ModifiedResNet):
             self.visual.init_reference()
 
     @property
     def dtype(self) -> torch.dtype:
+        if self.text is not None:
+            return next(self.text.parameters()).dtype
         return self.text_projection.dtype
 
     @property
@@ -69,9 +82,38 @@ class CLIP(TextTower):
     def _visual_dtype(self) -> torch.dtype:
         return next(self.visual.parameters()).dtype
 
+    def encode_text(self, text: torch.Tensor, trim_padding: bool = True) -> torch.Tensor:
+        if self.text is not None:
+            return self.text.encode(text, trim_padding)
+        return super().encode_text(text, trim_padding)
+
+    @property
+    def text_trimmable(self) -> bool:
+        return False if self.text is not None else super().text_trimmable
+
+    def text_pool_positions(self, text: torch.Tensor) -> torch.Tensor:
+        if self.text is not None:  # pooled over its attention mask: no one position
+            return torch.zeros(text.shape[0], dtype=torch.long, device=text.device)
+        return super().text_pool_positions(text)
+
+    def text_features(self, text: torch.Tensor, eot: torch.Tensor) -> torch.Tensor:
+        if self.text is not None:  # pools over its attention mask, not at `eot`
+            return self.text(text)
+        return super().text_features(text, eot)
+
+    def text_tower_parameters(self) -> list[nn.Parameter]:
+        if self.text is not None:
+            return list(self.text.parameters())
+        return super().text_tower_parameters()
+
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.transformer.grad_checkpointing = enable
-        if isinstance(self.visual, ModifiedResNet):
+        if self.text is not None:
+            self.text.set_grad_checkpointing(enable)
+        else:
+            self.transformer.grad_checkpointing = enable
+        if isinstance(self.visual, TimmTower):
+            self.visual.set_grad_checkpointing(enable)
+        elif isinstance(self.visual, ModifiedResNet):
             self.visual.grad_checkpointing = enable
         else:
             self.visual.transformer.grad_checkpointing = enable

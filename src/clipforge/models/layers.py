@@ -7,6 +7,7 @@ projection and ``scaled_dot_product_attention`` in batch-first layout.
 
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
 
 import torch
@@ -14,7 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-__all__ = ["LayerNorm", "QuickGELU", "SelfAttention", "ResidualAttentionBlock", "Transformer"]
+__all__ = ["LayerNorm", "QuickGELU", "SelfAttention", "ResidualAttentionBlock", "Transformer", "LayerScale",
+           "LayerScaleBlock", "activation_layer", "mlp"]  # fmt: skip
 
 
 class LayerNorm(nn.LayerNorm):
@@ -45,6 +47,35 @@ class QuickGELU(nn.Module):
         return x * torch.sigmoid(QUICK_GELU_ALPHA * x)
 
 
+def activation_layer(quick_gelu: bool, approximate: str = "none") -> type[nn.Module]:
+    """The MLP activation: QuickGELU (OpenAI's weights), GELU, or GELU's tanh approximation
+    (``approximate="tanh"``: SigLIP's ``gelu_pytorch_tanh``, open_clip's ``act_kwargs``)."""
+    if quick_gelu:
+        return QuickGELU
+    if approximate == "none":
+        return nn.GELU
+    return functools.partial(nn.GELU, approximate=approximate)  # type: ignore[return-value]
+
+
+def mlp(width: int, hidden: int, act_layer: type[nn.Module]) -> nn.Sequential:
+    """OpenAI's block MLP, with its names: c_fc, gelu, c_proj."""
+    layers = [("c_fc", nn.Linear(width, hidden)), ("gelu", act_layer()), ("c_proj", nn.Linear(hidden, width))]
+    return nn.Sequential(OrderedDict(layers))
+
+
+class LayerScale(nn.Module):
+    """Per-channel residual-branch scale (CaiT, arXiv:2103.17239), open_clip's name ``gamma``."""
+
+    no_weight_decay = ("gamma",)  # a 1-d scale, like a norm's weight
+
+    def __init__(self, width: int, init_value: float) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(init_value * torch.ones(width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention with nn.MultiheadAttention's parameter layout."""
 
@@ -73,40 +104,84 @@ class SelfAttention(nn.Module):
         out = out.transpose(1, 2).reshape(b, n, d)  # (batch, tokens, width)
         return self.out_proj(out)
 
+    def cross(self, query: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """Queries attend to ``context`` with the same fused weights: rows [0, width) of
+        ``in_proj_weight`` project the queries, the rest the keys and values (as
+        nn.MultiheadAttention's packed layout, and SigLIP's attention-pooling head)."""
+        b, m, d = query.shape  # (batch, queries, width)
+        n = context.shape[1]
+        w_q, w_kv = self.in_proj_weight.split([d, 2 * d])
+        b_q, b_kv = self.in_proj_bias.split([d, 2 * d])
+        q = F.linear(query, w_q, b_q).view(b, m, self.heads, d // self.heads).transpose(1, 2)
+        kv = F.linear(context, w_kv, b_kv).view(b, n, 2, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        k, v = kv.unbind(0)  # each (batch, heads, tokens, head_dim)
+        out = F.scaled_dot_product_attention(q, k, v)  # (batch, heads, queries, head_dim)
+        return self.out_proj(out.transpose(1, 2).reshape(b, m, d))  # (batch, queries, width)
+
 
 class ResidualAttentionBlock(nn.Module):
     """Pre-norm transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
 
-    def __init__(self, width: int, heads: int, mlp_ratio: float, act_layer: type[nn.Module]) -> None:
+    def __init__(
+        self, width: int, heads: int, mlp_ratio: float, act_layer: type[nn.Module], eps: float = 1e-5
+    ) -> None:
         super().__init__()
-        hidden = int(width * mlp_ratio)
-        self.ln_1 = LayerNorm(width)
+        self.ln_1 = LayerNorm(width, eps=eps)
         self.attn = SelfAttention(width, heads)
-        self.ln_2 = LayerNorm(width)
-        self.mlp = nn.Sequential(
-            OrderedDict(
-                [("c_fc", nn.Linear(width, hidden)), ("gelu", act_layer()), ("c_proj", nn.Linear(hidden, width))]
-            )
-        )
+        self.ln_2 = LayerNorm(width, eps=eps)
+        self.mlp = mlp(width, int(width * mlp_ratio), act_layer)
 
     def forward(self, x: torch.Tensor, is_causal: bool = False) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), is_causal=is_causal)
         return x + self.mlp(self.ln_2(x))
 
 
+class LayerScaleBlock(nn.Module):
+    """x + ls_1(attn(ln_1(x))), then x + ls_2(mlp(ln_2(x))): open_clip's block with
+    ``ls_init_value`` set, with its names. Deliberately not a ResidualAttentionBlock, so code that
+    rebuilds those blocks from their weights (inference/packed.py) leaves this one as it is
+    rather than dropping the scales."""
+
+    def __init__(
+        self, width: int, heads: int, mlp_ratio: float, act_layer: type[nn.Module], eps: float, ls_init_value: float
+    ) -> None:
+        super().__init__()
+        self.ln_1 = LayerNorm(width, eps=eps)
+        self.attn = SelfAttention(width, heads)
+        self.ls_1 = LayerScale(width, ls_init_value)
+        self.ln_2 = LayerNorm(width, eps=eps)
+        self.mlp = mlp(width, int(width * mlp_ratio), act_layer)
+        self.ls_2 = LayerScale(width, ls_init_value)
+
+    def forward(self, x: torch.Tensor, is_causal: bool = False) -> torch.Tensor:
+        x = x + self.ls_1(self.attn(self.ln_1(x), is_causal=is_causal))
+        return x + self.ls_2(self.mlp(self.ln_2(x)))
+
+
 class Transformer(nn.Module):
     """A stack of residual attention blocks over (batch, tokens, width)."""
 
     def __init__(
-        self, width: int, layers: int, heads: int, mlp_ratio: float, act_layer: type[nn.Module]
+        self,
+        width: int,
+        layers: int,
+        heads: int,
+        mlp_ratio: float,
+        act_layer: type[nn.Module],
+        eps: float = 1e-5,
+        ls_init_value: float | None = None,
     ) -> None:
         super().__init__()
         self.width = width
         self.layers = layers
         self.grad_checkpointing = False
-        self.resblocks = nn.ModuleList(
-            [ResidualAttentionBlock(width, heads, mlp_ratio, act_layer) for _ in range(layers)]
-        )
+        blocks: list[nn.Module] = [
+            ResidualAttentionBlock(width, heads, mlp_ratio, act_layer, eps)
+            if ls_init_value is None
+            else LayerScaleBlock(width, heads, mlp_ratio, act_layer, eps, ls_init_value)
+            for _ in range(layers)
+        ]
+        self.resblocks = nn.ModuleList(blocks)
 
     def forward(self, x: torch.Tensor, is_causal: bool = False) -> torch.Tensor:
         for block in self.resblocks:

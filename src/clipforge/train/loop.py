@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import functools
 import inspect
 import json
 import signal
@@ -22,12 +21,10 @@ from ..data import Batch
 from ..data.stream import advance_position
 from ..distributed import DistInfo, all_reduce_mean, barrier, cleanup, init_distributed
 from ..errors import ClipforgeError, DataError, TrainingError
-from ..factory import create_model
+from ..factory import create_model, create_preprocess, create_tokenizer
 from ..losses import make_loss
 from ..models.clip import CLIP
 from ..registry import get_model_config
-from ..tokenizer import tokenize
-from ..transforms import image_transform
 from .config import RunConfig, check_run_config
 from .data import TrainingData, open_training_data
 from .metrics import MetricsLog, Progress, read_jsonl, zeroshot_eval_fn
@@ -121,9 +118,10 @@ def _train(config: RunConfig, dist: DistInfo, eval_fn: EvalFn | None, stop: "_St
     data = open_training_data(config, dist)
     run = _setup(config, dist, eval_fn)
     run.state.total_steps = run.state.total_steps or _total_steps(config, data)
-    preprocess = image_transform(run.model.image_size, train=config.data.augment)
-    # A partial, not a lambda: streaming workers started with spawn receive it by pickling.
-    tok = functools.partial(tokenize, context_length=run.model.context_length, truncate=True)
+    preprocess = create_preprocess(run.model, train=config.data.augment)
+    # The text tower's own tokenizer (CLIP's BPE as a partial, or a SigLIP/XLM-R tokenizer):
+    # picklable, as streaming workers started with spawn receive it.
+    tok = create_tokenizer(run.model)
     try:
         with Progress(enabled=dist.is_main, total=run.state.total_steps, done=run.state.step) as progress:
             _loop(run, data, preprocess, tok, progress, stop)
@@ -169,7 +167,7 @@ def _setup(config: RunConfig, dist: DistInfo, eval_fn: EvalFn | None) -> _Run:
     loss_fn = make_loss(t.loss, dist.rank, dist.world_size, t.local_loss)
     evaluates = eval_fn is not None or bool(config.data.val)
     if eval_fn is None and config.data.val and dist.is_main:
-        val_preprocess = image_transform(model.image_size, train=False)
+        val_preprocess = create_preprocess(model)
         eval_fn = zeroshot_eval_fn(config.data.val, val_preprocess, config.data.val_templates, config.data.val_max_images)
     log = MetricsLog(run_dir / "metrics.jsonl", enabled=dist.is_main, resume_step=state.step)
     return _Run(config, dist, run_dir, model, train_model, optimizer, scaler, state, loss_fn, eval_fn, evaluates, log,

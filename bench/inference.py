@@ -347,9 +347,13 @@ def bench_arch(arch: str, args, gemms: dict[str, Gemm]) -> tuple[list[dict[str, 
 
     model = create_model(arch, seed=0).eval().requires_grad_(False)
     gflop = image_gflop(model, model.image_size)
+    # Text rows for the first architecture only: SigLIP's tokenizer files come from the hub,
+    # which this bench does not reach (its text tower's parity is in tests/models/test_siglip.py).
     works = workloads(model.image_size, args.device, with_text=arch == args.archs[0], quick=args.quick)
     builders = clipforge_rows(model, args.device, args.compile, args.onnx)
     builders += open_clip_rows(model, arch, args.device) + transformers_rows(model, args.device)
+    if args.fp32_only:
+        builders = [(name, build) for name, build in builders if "fp32" in name]
     contenders, memory, features = [], {}, {}
     for name, build in builders:
         base = reset_peak()
@@ -408,9 +412,18 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer rounds and texts (a smoke run)")
     parser.add_argument("--default-malloc", dest="keep_freed_memory", action="store_false",
                         help="leave glibc's malloc as it is (it re-faults freed activations on every call)")  # fmt: skip
+    parser.add_argument("--fp32-only", action="store_true",
+                        help="fp32 rows only, no bf16 limit (the default on a CPU without native bf16, where bf16 "
+                             "is emulated and every library's bf16 row measures the emulation)")  # fmt: skip
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     args.archs = args.archs.split(",")
+    if args.device == "cpu" and not args.fp32_only:
+        from clipforge.inference.engine import cpu_supports_bf16
+
+        if not cpu_supports_bf16():
+            print("this CPU has no native bf16 (AVX-512 BF16 / AMX): fp32 rows only (--fp32-only)")
+            args.fp32_only = True
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.keep_freed_memory:  # for every contender alike; see clipforge/inference/allocator.py
@@ -418,8 +431,8 @@ def main() -> None:
 
         print(f"glibc malloc keeps freed memory: {keep_freed_memory()}")
     low = low_dtype(args.device)
-    gemm = matmul_gflops(low, args.device)
-    fastest = fastest_gemms(gemm)
+    gemm = {} if args.fp32_only else matmul_gflops(low, args.device)
+    fastest = fastest_gemms(gemm) if gemm else {}
     print(f"{low} matmul GFLOP/s: " + ", ".join(f"{k} {v:.0f}" for k, (v, _) in gemm.items())
           + "; fastest: " + ", ".join(f"{layout} {m}x{k}x{n}" for layout, (m, k, n, _) in fastest.items()))  # fmt: skip
     rows, limits = [], {}
@@ -435,7 +448,22 @@ def main() -> None:
     print(f"wrote {path}")
 
 
+def fp32_summary(rows: list[dict[str, Any]], args) -> list[dict[str, Any]]:
+    """fp32 against fp32: clipforge's engine / each peer, per architecture and column."""
+    out = []
+    for arch in args.archs:
+        for peer in ("open_clip fp32", "transformers fp32"):
+            for column in ("img b32 img/s", "img b1 img/s", "short texts texts/s", "77-token texts texts/s"):
+                value = ratios(rows, "clipforge fp32", peer, column, arch)
+                if value is not None:
+                    out.append({"goal": f"{arch} {column[:-6]}: clipforge fp32 / {peer}", "value": value, "target": 1.0,
+                                "met": value >= 1.0})  # fmt: skip
+    return out
+
+
 def goal_summary(rows: list[dict[str, Any]], args) -> list[dict[str, Any]]:
+    if args.fp32_only:
+        return fp32_summary(rows, args)
     low = low_name(args.device)
     vit = args.archs[0]
     modes = {r["row"]: r["img b32 img/s"] for r in rows if r["arch"] == vit and r["row"] in

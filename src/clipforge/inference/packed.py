@@ -17,6 +17,8 @@ in the dtype it was packed in, and must not be moved or cast afterwards.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -28,7 +30,8 @@ __all__ = ["PackedLinear", "PackedPatchEmbedding", "PackedResidualBlock", "can_p
 
 
 def can_pack(dtype: torch.dtype, device: torch.device) -> bool:
-    """True where oneDNN's packed bf16 linear ops exist and pay off: bf16 on a CPU."""
+    """True where oneDNN's packed bf16 linear ops exist and run: bf16 on a CPU whose oneDNN
+    build has a bf16 path (AVX-512 BW/VL/DQ or AVX-NE-CONVERT; an AVX2-only CPU has none)."""
     ops = getattr(torch.ops, "mkldnn", None)
     return (
         dtype == torch.bfloat16
@@ -36,7 +39,18 @@ def can_pack(dtype: torch.dtype, device: torch.device) -> bool:
         and torch.backends.mkldnn.is_available()
         and hasattr(ops, "_linear_pointwise")
         and hasattr(ops, "_reorder_linear_weight")
+        and _packing_runs()
     )
+
+
+@functools.cache
+def _packing_runs() -> bool:
+    # oneDNN says which ISA its bf16 path needs only by refusing: ask it once with a tiny weight.
+    try:
+        torch.ops.mkldnn._reorder_linear_weight(torch.zeros(8, 8, dtype=torch.bfloat16), None)
+    except RuntimeError:
+        return False
+    return True
 
 
 class PackedLinear(nn.Module):

@@ -12,7 +12,7 @@ from typing import Optional
 
 import typer
 
-from .errors import ClipforgeError, DataError
+from .errors import ClipforgeError, ConfigError, DataError
 
 __all__ = ["app", "main"]
 
@@ -121,11 +121,16 @@ def demo_cmd(
     data: str = typer.Option("openmoji", "--data", help="Data set builder: openmoji or tuxpaint."),
     device: str = typer.Option("cpu", "--device", help="cpu, or cuda when a GPU is present."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Use about this many images (a quick look)."),
-) -> None:
-    """Build a real data set, train a small CLIP on it, evaluate zero-shot, write a report."""
+    recipe: str = typer.Option("robust", "--recipe", help="robust (OpenMoji + clip-art, style augmentation) or openmoji (wave 1's)."),
+) -> None:  # fmt: skip
+    """Build a real data set, train a small CLIP on it, evaluate zero-shot and under style
+    shift, write a report."""
     from .demo import run_demo
+    from .demo.recipe import RECIPES
 
-    run_demo(out=out, minutes=minutes, data=data, device=device, limit=limit)
+    if recipe not in RECIPES:
+        raise ConfigError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
+    run_demo(out=out, minutes=minutes, data=data, device=device, limit=limit, recipe=recipe)
 
 
 # --- evaluation ---
@@ -133,16 +138,16 @@ eval_app = typer.Typer(help="Evaluate a model: zero-shot, retrieval, linear prob
 app.add_typer(eval_app, name="eval")
 
 
-def _eval(task: str, model: str, data: str, out: Path, templates: str, split: str) -> None:
+def _eval(task: str, model: str, data: str, out: Path, templates: str, split: str, baselines: list[Path] = ()) -> None:
     from .eval.run import run_eval
 
-    result = run_eval(task, model, data, out, templates=templates, split=split)
+    result = run_eval(task, model, data, out, templates=templates, split=split, baselines=baselines)
     for key, value in result["metrics"].items():
-        if isinstance(value, float):
-            typer.echo(f"{key:32s} {value:.4f}")
-        elif key == "styles":
+        if key == "styles":
             for row in value:
                 typer.echo(f"{row['style']:32s} top-1 {row['acc1']:.1%}  drop {row['drop_acc1']:+.1%}")
+        elif isinstance(value, float):
+            typer.echo(f"{key:32s} {value:.4f}")
     typer.echo(f"wrote {out}/")
 
 
@@ -172,9 +177,13 @@ def eval_linear_probe(model: str = _MODEL, data: str = _DATA, out: Path = _OUT, 
 
 
 @eval_app.command("shift")
-def eval_shift(model: str = _MODEL, data: str = _DATA, out: Path = _OUT, templates: str = typer.Option("emoji", "--templates")) -> None:
-    """Zero-shot accuracy of the same emoji concepts in other styles (fonts, grey-scale, blur)."""
-    _eval("shift", model, data, out, templates, "train")
+def eval_shift(
+    model: str = _MODEL, data: str = _DATA, out: Path = _OUT, templates: str = typer.Option("emoji", "--templates"),
+    baseline: list[Path] = typer.Option([], "--baseline", help="Style-shift result(s) of reference models (style_shift_*.json): effective robustness is the height above their trend."),
+) -> None:  # fmt: skip
+    """Zero-shot accuracy of the same emoji concepts in other styles (fonts, grey-scale, blur),
+    the drop from the training style, effective robustness, and a plot."""
+    _eval("shift", model, data, out, templates, "train", baseline)
 
 
 def _print_probe(result: dict, out: Path) -> None:

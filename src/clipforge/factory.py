@@ -8,6 +8,7 @@ from typing import Callable, Sequence
 import torch
 
 from .config import CLIPConfig
+from .data.style import StyleAugment, StyleConfig
 from .models.clip import CLIP
 from .models.hf_tokenizer import text_tokenizer
 from .registry import get_model_config
@@ -43,13 +44,20 @@ def create_model(
     return net.to(device).eval()
 
 
-def create_preprocess(model: CLIP | CLIPConfig, train: bool = False) -> Preprocess:
+def create_preprocess(model: CLIP | CLIPConfig, train: bool = False, style: StyleConfig | None = None) -> Preprocess:
     """The image transform the model's weights expect (its config's preprocess: OpenAI's, or
-    SigLIP's / CLIPA's statistics and squash resize); ``train``: with augmentation."""
+    SigLIP's / CLIPA's statistics and squash resize); ``train``: with augmentation, a random
+    resized crop and, with ``style``, the style operations of ``data/style.py`` before it."""
     config = model.config if isinstance(model, CLIP) else model
     pre = config.preprocess
-    return image_transform(config.vision.image_size, train=train, mean=pre.mean, std=pre.std,
-                           interpolation=pre.interpolation, resize_mode=pre.resize_mode)  # fmt: skip
+    crop = style.crop_scale if (train and style is not None) else (0.9, 1.0)
+    transform = image_transform(config.vision.image_size, train=train, mean=pre.mean, std=pre.std,
+                                interpolation=pre.interpolation, resize_mode=pre.resize_mode, train_scale=crop)  # fmt: skip
+    if not (train and style is not None and style.active):
+        return transform
+    from torchvision.transforms import Compose
+
+    return Compose([StyleAugment(style), transform])
 
 
 def create_tokenizer(model: CLIP | CLIPConfig, *, download: bool = True) -> Tokenize:

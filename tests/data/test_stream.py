@@ -126,7 +126,8 @@ def test_shard_lists_that_match_nothing_are_an_error_before_training(tmp_path: P
 def test_stream_or_memory_is_chosen_by_size(tmp_path: Path, make_shards) -> None:
     pattern = make_shards(tmp_path, shards=2, per_shard=2)
     assert not should_stream(pattern, None, None, False)  # small shards: in memory
-    assert should_stream(pattern, None, [1.0], False) and should_stream(pattern, None, None, True)
+    assert not should_stream(pattern, None, [1.0], False)  # weights alone: mixed in memory (data/mixture.py)
+    assert should_stream(pattern, None, None, True)  # resampling draws shards: streaming only
     assert should_stream(pattern, True, None, False)
     big = tmp_path / "big"
     big.mkdir()

@@ -31,3 +31,22 @@ def test_demo_trains_evaluates_and_reports(tmp_path: Path) -> None:
     for image in ["predictions_trained_concepts.png", "predictions_heldout_concepts.png", "run/loss.png"]:
         assert image in html and (out / image).read_bytes()[:4] == b"\x89PNG"
     assert (out / "report.md").is_file() and (out / "run" / "final.safetensors").is_file()
+    # The robust recipe: OpenMoji mixed with the clip-art sets whose packages are installed, and
+    # the style-shift table in the report (scripts/test installs the fonts and clip-art).
+    run = results["run"]
+    assert run["recipe"] == "robust" and run["style"]["padding"] > 0
+    assert set(run["samples_by_source"]) == {"openmoji-48-500", *(f"{n}-48-500" for n in run["clipart_sources"])}
+    if Path("/usr/share/tuxpaint/stamps").is_dir():
+        assert "tuxpaint" in run["clipart_sources"]
+    shift = results["style_shift"]
+    assert shift["styles"][0]["style"] == "openmoji (training style)" and 0 <= shift["other_styles_acc1"] <= 1
+    assert "Robustness to style shift" in html and "noto color emoji" in html and "style_shift.png" in html
+    assert "by drawing style" in done.stdout
+
+
+@pytest.mark.slow
+def test_demo_rejects_an_unknown_recipe(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "clipforge", "demo", "--recipe", "fancy", "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode != 0 and "unknown recipe 'fancy'" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "o").exists()

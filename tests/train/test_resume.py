@@ -72,3 +72,28 @@ def test_ctrl_c_saves_exits_130_and_resumes_bit_identical(tmp_path: Path, refere
     resumed = _cli(tmp_path)
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read()  # type: ignore[union-attr]
     _assert_same_final_weights(reference, tmp_path)
+
+
+# Several in-memory sources by weight, with style augmentation in a DataLoader worker: the
+# epoch's composition and every sample's augmentation are seeded, so a kill mid-epoch resumes
+# to the same weights.
+MIXED = ["data.train=synthetic:128::synthetic:64", "data.train_weights=[0.7, 0.3]", "data.workers=1",
+         "data.style.colour_jitter=0.5", "data.style.outline=0.5", "data.style.padding=0.5",
+         "data.style.background=0.5", "data.style.blur_sharpen=0.5", "data.style.crop_scale=[0.6, 1.0]"]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_mixed_sources_with_style_augmentation_resume_bit_identical(tmp_path: Path) -> None:
+    reference = tmp_path / "reference"
+    proc = _cli(reference, *MIXED)
+    assert proc.wait(timeout=300) == 0, proc.stderr.read()  # type: ignore[union-attr]
+    killed = _cli(tmp_path / "run", *MIXED)
+    _wait_for(tmp_path / "run" / "checkpoints" / "step-00000008.pt", killed)  # epoch 2 of 6 batches
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert not (tmp_path / "run" / "final.safetensors").exists()
+    resumed = _cli(tmp_path / "run", *MIXED)
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read()  # type: ignore[union-attr]
+    _assert_same_final_weights(reference, tmp_path / "run")
+    history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert set(history[-1]["samples_by_source"]) == {"synthetic:128", "synthetic:64"}

@@ -23,6 +23,7 @@ class Item:
     captions: tuple[str, ...]  # may be empty: the loader skips (and counts) such an item
     concept: str | None = None  # class name where the source has one
     key: str = ""  # where it came from, for skip reports
+    source: str = ""  # which of several mixed sources it belongs to (data/mixture.py)
 
 
 @dataclass(frozen=True)

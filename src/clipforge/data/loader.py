@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import random
+from collections import Counter
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -34,7 +35,7 @@ _MAX_TRIES = 64
 
 
 class CaptionedImages(torch.utils.data.Dataset):
-    """Item i -> (image tensor, one caption, skipped samples), drawn from (seed, epoch, i)."""
+    """Item i -> (image tensor, one caption, skipped samples, key, source), drawn from (seed, epoch, i)."""
 
     def __init__(self, items: Sequence[Item], preprocess: Callable[[Image.Image], torch.Tensor], seed: int = 0,
                  epoch: int = 0) -> None:  # fmt: skip
@@ -43,7 +44,7 @@ class CaptionedImages(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, str, list[Skipped], str]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, str, list[Skipped], str, str]:
         sample_seed = mix_seed(self.seed, self.epoch, index)
         probe = random.Random(sample_seed)
         skipped: list[Skipped] = []
@@ -53,7 +54,7 @@ class CaptionedImages(torch.utils.data.Dataset):
             image = self._read(item, skipped)
             if image is not None:
                 tensor, caption = prepare_sample(image, item.captions, sample_seed, self.preprocess)
-                return tensor, caption, skipped, item.key
+                return tensor, caption, skipped, item.key, item.source
             # A replacement drawn at random rather than the next item: bad files often sit
             # together (a missing folder), and a random jump leaves such a run at once.
             candidate = probe.randrange(len(self.items))
@@ -149,10 +150,11 @@ class _Collate:
     def __init__(self, tokenize: Callable[[list[str]], torch.Tensor]) -> None:
         self.tokenize = tokenize
 
-    def __call__(self, samples: list[tuple[torch.Tensor, str, list[Skipped], str]]) -> Batch:
+    def __call__(self, samples: list[tuple[torch.Tensor, str, list[Skipped], str, str]]) -> Batch:
         images = torch.stack([s[0] for s in samples])  # (batch, 3, H, W)
         tokens = self.tokenize([s[1] for s in samples])  # (batch, context_length)
-        return Batch(images, tokens, [k for s in samples for k in s[2]], [s[3] for s in samples])
+        sources = dict(Counter(s[4] for s in samples if s[4]))  # mixed sources only (data/mixture.py)
+        return Batch(images, tokens, [k for s in samples for k in s[2]], [s[3] for s in samples], sources)
 
 
 def make_loader(source: Sequence[Item] | Source | str | Path, preprocess: Callable[[Image.Image], torch.Tensor],

@@ -11,8 +11,8 @@ folder of ``.tar`` files or a data set folder built by ``clipforge data build`` 
 Streaming or in memory (``data.stream``: ``null`` = auto, ``true``, ``false``): the in-memory
 path reads every shard into memory once (the compressed images) and gets a random-access order;
 it is chosen automatically for shard sets under ``STREAM_ABOVE_BYTES`` on disk and for every
-non-shard source (tables and image folders hold paths only). Weights, resampling, or more
-bytes than that mean streaming.
+non-shard source (tables and image folders hold paths only); with weights it mixes the parts
+per epoch (``data/mixture.py``). Resampling, or more bytes than that, mean streaming.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Sequence
 from ..errors import DataError
 from ..wds import is_shard_pattern
 
-__all__ = ["ShardSet", "STREAM_ABOVE_BYTES", "shard_sets", "is_shard_source", "should_stream", "known_size"]
+__all__ = ["ShardSet", "STREAM_ABOVE_BYTES", "shard_sets", "check_weights", "is_shard_source", "should_stream", "known_size"]
 
 # Above this many bytes of shards the in-memory path would hold as much in RAM: stream instead.
 STREAM_ABOVE_BYTES = 1 << 30
@@ -69,12 +69,17 @@ def shard_sets(spec: str, weights: Sequence[float] | None = None, split: str = "
                             f"{' and more' if len(urls) > 1 else ''}); check the path or brace pattern")  # fmt: skip
     if weights is None:
         return [ShardSet(spec, tuple(u for _, urls in per_part for u in urls))]
-    if len(weights) != len(parts):
-        raise DataError(f"data.train_weights has {len(weights)} weight(s) but data.train has {len(parts)} "
+    check_weights(weights, len(parts))
+    return [ShardSet(part, tuple(urls), float(w)) for (part, urls), w in zip(per_part, weights)]
+
+
+def check_weights(weights: Sequence[float], n_parts: int) -> None:
+    """One non-negative weight per ``::`` part, not all zero (streamed or in-memory mixing)."""
+    if len(weights) != n_parts:
+        raise DataError(f"data.train_weights has {len(weights)} weight(s) but data.train has {n_parts} "
                         "'::'-separated source(s); give one weight per source")  # fmt: skip
     if any(not isinstance(w, (int, float)) or w < 0 for w in weights) or not sum(weights) > 0:
         raise DataError(f"data.train_weights {list(weights)} must be non-negative numbers, not all zero")
-    return [ShardSet(part, tuple(urls), float(w)) for (part, urls), w in zip(per_part, weights)]
 
 
 def _part_urls(part: str, split: str) -> list[str]:
@@ -108,12 +113,12 @@ def should_stream(spec: str, stream: bool | None, weights: Sequence[float] | Non
         raise DataError(f"data.stream=true reads WebDataset shards, and {spec!r} is not shards; write shards "
                         "with `clipforge data shards SRC --out DIR`, or set data.stream=false")  # fmt: skip
     if stream is not None:
-        if stream is False and (weights is not None or resampled):
-            raise DataError("data.train_weights and data.resampled need streaming; remove them or set data.stream=null")
+        if stream is False and resampled:
+            raise DataError("data.resampled needs streaming; remove it or set data.stream=null")
         return stream
     if not shards:
         return False
-    if weights is not None or resampled:
+    if resampled:
         return True
     urls = [u for s in shard_sets(spec, None, split) for u in s.urls]
     return sum(os.path.getsize(u) for u in urls if os.path.isfile(u)) > STREAM_ABOVE_BYTES

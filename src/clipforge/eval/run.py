@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -15,7 +15,7 @@ from .eval_data import EvalData, load_eval_data
 from .features import embed_captions, embed_pil_images
 from .templates import load_templates
 
-__all__ = ["TASKS", "run_eval", "evaluate_zeroshot_data", "evaluate_retrieval_data", "evaluate_linear_probe_data"]
+__all__ = ["TASKS", "run_eval", "style_shift_rows", "style_shift_inputs", "read_shift_point", "evaluate_zeroshot_data", "evaluate_retrieval_data", "evaluate_linear_probe_data"]
 
 TASKS = {"zeroshot": "zeroshot_classification", "retrieval": "zeroshot_retrieval",
          "linear-probe": "linear_probe", "shift": "style_shift"}  # fmt: skip
@@ -63,14 +63,20 @@ def evaluate_linear_probe_data(model, preprocess, data: EvalData, test_fraction:
 
 
 def run_eval(task: str, model_spec: str, data_spec: str, out_dir: Path, *, templates: str = "simple",
-             split: str = "heldout") -> dict[str, Any]:  # fmt: skip
+             split: str = "heldout", baselines: Sequence[Path] = ()) -> dict[str, Any]:  # fmt: skip
+    """``baselines``: earlier style-shift results (this task's JSON) whose (training-style,
+    other-style) accuracies define the trend effective robustness is measured against."""
     from ..checkpoint import load
 
     if task not in TASKS:
         raise DataError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    reference = [read_shift_point(p) for p in baselines]  # bad files fail before the model loads
     model, preprocess = load(model_spec)
     if task == "shift":
-        metrics: dict[str, Any] = {"styles": _shift(model, preprocess, data_spec, load_templates(templates))}
+        from .shift import robustness_summary
+
+        rows = style_shift_rows(model, preprocess, data_spec, load_templates(templates))
+        metrics: dict[str, Any] = {"styles": rows, **robustness_summary(rows, reference)}
         name = Path(data_spec).name
     else:
         data = load_eval_data(data_spec, split)
@@ -84,11 +90,39 @@ def run_eval(task: str, model_spec: str, data_spec: str, out_dir: Path, *, templ
     result = {"dataset": name, "model": model_spec, "pretrained": model_spec, "task": TASKS[task], "language": "en",
               "metrics": {k: v for k, v in metrics.items() if k not in ("confusion_matrix", "per_class_accuracy")}}  # fmt: skip
     _write_outputs(out_dir, result, metrics, data.classnames if task == "zeroshot" else None)
+    if task == "shift":
+        from .shift import plot_shift
+
+        plot_shift(out_dir / f"{TASKS[task]}_{name}.png", metrics["styles"], reference)
     return result
 
 
-def _shift(model, preprocess, data_spec: str, templates: list[str]) -> list[dict]:
-    from .shift import render_styles, shift_eval
+def read_shift_point(path: Path) -> tuple[float, float]:
+    """(training-style, other-style) top-1 of a style-shift result file, for a baseline."""
+    from .shift import shift_points
+
+    try:
+        styles = json.loads(Path(path).read_text())["metrics"]["styles"]
+        return shift_points(styles)
+    except FileNotFoundError:
+        raise DataError(f"baseline {path} does not exist; give a style_shift_*.json written by clipforge eval shift") from None
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        raise DataError(f"baseline {path} is not a style-shift result (a style_shift_*.json written by "
+                        "clipforge eval shift)") from None  # fmt: skip
+
+
+def style_shift_rows(model, preprocess, data_spec: str, templates: list[str]) -> list[dict]:
+    """``shift_eval`` rows for an OpenMoji data set: one image per concept of its training split
+    (the base emoji, without skin tones), rendered in every available style."""
+    from .shift import shift_eval
+
+    styled, concepts = style_shift_inputs(data_spec, model.image_size)
+    return shift_eval(model, preprocess, styled, concepts, templates)
+
+
+def style_shift_inputs(data_spec: str, size: int) -> tuple[dict[str, list], list[str]]:
+    """(style -> images, concept per image): render once, score many models."""
+    from .shift import render_styles
 
     data = load_eval_data(data_spec, "train")
     chars, images, concepts, seen = [], [], [], set()
@@ -103,8 +137,8 @@ def _shift(model, preprocess, data_spec: str, templates: list[str]) -> list[dict
             raise DataError(f"{data_spec}: keys are not emoji code points; style shift needs an OpenMoji data set") from None
         images.append(opener())
         concepts.append(concept)
-    styled, keep = render_styles(chars, images, model.image_size)
-    return shift_eval(model, preprocess, styled, [concepts[i] for i in keep], templates)
+    styled, keep = render_styles(chars, images, size)
+    return styled, [concepts[i] for i in keep]
 
 
 def _write_outputs(out_dir: Path, result: dict, metrics: dict, classnames: list[str] | None) -> None:
@@ -122,11 +156,12 @@ def _write_outputs(out_dir: Path, result: dict, metrics: dict, classnames: list[
 
 
 def _markdown(result: dict) -> str:
-    lines = [f"# {result['task']} — {result['dataset']} — {result['model']}", "", "| metric | value |", "|---|---|"]
-    for key, value in result["metrics"].items():
-        if isinstance(value, float):
-            lines.append(f"| {key} | {value:.4f} |")
-        elif key == "styles":
-            lines = lines[:2] + ["| style | top-1 | top-5 | drop in top-1 |", "|---|---|---|---|"]
-            lines += [f"| {r['style']} | {r['acc1']:.1%} | {r['acc5']:.1%} | {r['drop_acc1']:+.1%} |" for r in value]
+    lines = [f"# {result['task']} — {result['dataset']} — {result['model']}", ""]
+    metrics = result["metrics"]
+    if "styles" in metrics:
+        lines += ["| style | top-1 | top-5 | drop in top-1 |", "|---|---|---|---|"]
+        lines += [f"| {r['style']} | {r['acc1']:.1%} | {r['acc5']:.1%} | {r['drop_acc1']:+.1%} |" for r in metrics["styles"]]
+        lines.append("")
+    lines += ["| metric | value |", "|---|---|"]
+    lines += [f"| {key} | {value:.4f} |" for key, value in metrics.items() if isinstance(value, float)]
     return "\n".join(lines) + "\n"

@@ -5,12 +5,22 @@ set of concepts is rendered as OpenMoji SVG drawings (the training style), with 
 colour font (same art, another renderer), with Google's Noto Color Emoji (another artist;
 Debian ``fonts-noto-color-emoji``), and as grey-scale and blurred OpenMoji; the table reports
 accuracy per style and the drop from the training style.
+
+Effective robustness (Taori et al. 2020, "Measuring Robustness to Natural Distribution Shifts";
+CLIP paper section 3.3): accuracy off the training style (the mean over the other styles)
+against accuracy in it. Models trained the standard way lie on a trend line in logit space;
+a recipe is *effectively* robust by how far above that line it lies at the same in-style
+accuracy. ``robustness_summary`` fits the line through reference results (``--baseline``, e.g.
+the same model trained with the standard recipe at several budgets) and reports the height
+above it; with one reference it keeps that reference's logit-space drop; without one it reports
+the fraction of in-style accuracy kept.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Sequence
+import math
+from typing import Any, Callable, Sequence
 
 import torch
 from PIL import Image, ImageDraw, ImageFilter, ImageFont, ImageOps
@@ -20,7 +30,8 @@ from ..models.clip import CLIP
 from .features import embed_pil_images
 from .zeroshot import classification_metrics, zero_shot_classifier
 
-__all__ = ["NOTO_FONT", "available_styles", "render_styles", "shift_eval"]
+__all__ = ["NOTO_FONT", "available_styles", "render_styles", "shift_eval", "robustness_summary", "shift_points",
+           "plot_shift"]  # fmt: skip
 
 NOTO_FONT = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
 _NOTO_SIZE = 109  # CBDT bitmap fonts only render at their strike size
@@ -98,3 +109,80 @@ def shift_eval(model: CLIP, preprocess: Callable, styled: dict[str, list[Image.I
         row["drop_acc1"] = base - float(row["acc1"])
     return rows
 
+
+
+def shift_points(rows: Sequence[dict[str, Any]]) -> tuple[float, float]:
+    """(training-style top-1, mean top-1 over the other styles) of ``shift_eval`` rows."""
+    if len(rows) < 2:
+        raise DataError("style shift needs the training style and at least one other style")
+    others = [float(r["acc1"]) for r in rows[1:]]
+    return float(rows[0]["acc1"]), sum(others) / len(others)
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-4), 1 - 1e-4)  # 0 and 1 are infinite in logit space
+    return math.log(p / (1 - p))
+
+
+def _sigmoid(x: float) -> float:
+    return 1 / (1 + math.exp(-x))
+
+
+def baseline_trend(points: Sequence[tuple[float, float]]) -> Callable[[float], float]:
+    """In-style accuracy -> the other styles' accuracy the reference models' trend predicts: a
+    least-squares line in logit space through two or more points, slope 1 through one."""
+    xs, ys = [_logit(x) for x, _ in points], [_logit(y) for _, y in points]
+    if len(points) == 1 or max(xs) - min(xs) < 1e-6:
+        slope = 1.0
+    else:
+        mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+        slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+    intercept = sum(ys) / len(ys) - slope * sum(xs) / len(xs)
+    return lambda acc: _sigmoid(intercept + slope * _logit(acc))
+
+
+def robustness_summary(rows: Sequence[dict[str, Any]], baseline: Sequence[tuple[float, float]] = ()) -> dict[str, Any]:
+    """In-style and other-style accuracy, the fraction kept, and (with reference points) the
+    effective robustness: other-style accuracy minus what the baseline trend predicts."""
+    in_style, other = shift_points(rows)
+    out: dict[str, Any] = {"training_style_acc1": in_style, "other_styles_acc1": other,
+                           "kept_fraction": other / in_style if in_style else 0.0}  # fmt: skip
+    if baseline:
+        predicted = baseline_trend(baseline)(in_style)
+        out.update(baseline_points=[list(p) for p in baseline], baseline_predicted_acc1=predicted,
+                   effective_robustness=other - predicted)  # fmt: skip
+    return out
+
+
+def plot_shift(path: Path, rows: Sequence[dict[str, Any]], baseline: Sequence[tuple[float, float]] = ()) -> None:
+    """Left: top-1 per style. Right: every other style's accuracy against the training style's,
+    with y = x (no drop) and the baseline trend when there is one."""
+    from .report import _pyplot, _save
+
+    plt = _pyplot()
+    fig, (bars, scatter) = plt.subplots(1, 2, figsize=(11, 4), dpi=100)
+    names, accs = [str(r["style"]) for r in rows], [float(r["acc1"]) for r in rows]
+    bars.barh(names[::-1], accs[::-1], color=["#4c72b0"] * (len(rows) - 1) + ["#dd8452"])
+    bars.set_xlabel("zero-shot top-1")
+    bars.set_title("accuracy per style")
+    in_style, other = shift_points(rows)
+    top = max([in_style, other, *[p for b in baseline for p in b]]) * 1.15 or 1.0
+    scatter.plot([0, top], [0, top], ":", color="grey", label="no drop (y = x)")
+    for name, acc in zip(names[1:], accs[1:]):
+        scatter.scatter([in_style], [acc], s=18)
+        scatter.annotate(name, (in_style, acc), fontsize=7, xytext=(4, 0), textcoords="offset points")
+    scatter.scatter([in_style], [other], marker="*", s=120, color="black", label="this model (mean of other styles)")
+    if baseline:
+        trend = baseline_trend(baseline)
+        grid = [top * i / 50 for i in range(1, 51)]
+        scatter.plot(grid, [trend(x) for x in grid], color="#c44e52", label="baseline trend")
+        scatter.scatter(*zip(*baseline), marker="x", color="#c44e52", label="baseline models")
+    scatter.set_xlim(0, top)
+    scatter.set_ylim(0, top)
+    scatter.set_xlabel("top-1 in the training style")
+    scatter.set_ylabel("top-1 in another style")
+    scatter.set_title("effective robustness")
+    scatter.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)

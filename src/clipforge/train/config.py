@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from ..config import apply_overrides
+from ..data.style import StyleConfig
 from ..errors import ConfigError
 
-__all__ = ["DataConfig", "TrainConfig", "RunConfig", "load_run_config", "parse_overrides", "check_run_config"]
+__all__ = ["DataConfig", "StyleConfig", "TrainConfig", "RunConfig", "load_run_config", "parse_overrides", "check_run_config"]
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 LOSSES = ("clip", "siglip")
@@ -37,7 +38,12 @@ class DataConfig:
     val: str | None = None
     val_templates: str = "simple"  # a template set of clipforge.eval.templates, or a file
     val_max_images: int = 2000  # decoded once and kept in memory
-    augment: bool = True
+    # A built data set (clipforge data build) whose held-out and val concepts stay out of the
+    # other '::' sources mixed with it: their samples naming one (concept or caption) are left out.
+    exclude_concepts: str | None = None
+    augment: bool = True  # false: no training augmentation at all (the eval transform)
+    # Style-robust augmentation (data/style.py): a probability per operation, and the crop range.
+    style: StyleConfig = field(default_factory=StyleConfig)
 
 
 @dataclass(frozen=True)
@@ -103,6 +109,8 @@ def _sub(cls: type, data: dict[str, Any], prefix: str) -> Any:
     for key in ("betas", "train_weights"):  # JSON gives lists; the frozen config keeps tuples
         if isinstance(data.get(key), list):
             data = {**data, key: tuple(data[key])}
+    if isinstance(data.get("style"), dict):
+        data = {**data, "style": StyleConfig.from_dict(data["style"])}
     return cls(**data)
 
 
@@ -130,7 +138,7 @@ def load_run_config(path: str | Path | None, overrides: dict[str, Any] | None = 
         except json.JSONDecodeError as e:
             raise ConfigError(f"run config {path} is not valid JSON ({e})") from None
     if overrides:
-        for key in ("train.betas", "data.train_weights"):
+        for key in ("train.betas", "data.train_weights", "data.style.crop_scale"):
             if isinstance(overrides.get(key), list):
                 overrides = {**overrides, key: tuple(overrides[key])}
         config = apply_overrides(config, overrides)
@@ -161,6 +169,7 @@ def check_run_config(config: RunConfig) -> None:
         problems.append(f"data.shuffle_buffer must be a whole number >= 0 (got {d.shuffle_buffer!r})")
     if d.stream not in (None, True, False):
         problems.append(f"data.stream must be null, true or false (got {d.stream!r})")
+    problems += d.style.problems() if isinstance(d.style, StyleConfig) else ["data.style must be an object of probabilities"]
     if t.lock_image and t.lock_text:
         problems.append("train.lock_image and train.lock_text are both set: nothing would train")
     if problems:

@@ -5,6 +5,7 @@ from the position a checkpoint saved."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
@@ -12,6 +13,7 @@ from PIL import Image
 
 from ..data import Item, load_items, make_loader
 from ..data.loader import batches_per_epoch
+from ..data.mixture import MixedSource, concept_filter, mix_epoch, mixed_sources
 from ..data.shard_sets import ShardSet, known_size, shard_sets, should_stream
 from ..data.stream import StreamSpec, make_stream_loader
 from ..distributed import DistInfo
@@ -27,27 +29,40 @@ Tokenize = Callable[[list[str]], torch.Tensor]
 
 @dataclass
 class InMemoryData:
-    """Every item in memory, a seeded permutation per epoch (``data/loader.py``)."""
+    """Every item in memory, a seeded permutation per epoch (``data/loader.py``); with
+    ``mixture``, each epoch's items are composed from several sources by weight
+    (``data/mixture.py``), ``data.epoch_samples`` of them (default: all sources' items)."""
 
     items: Sequence[Item]
     config: RunConfig
     dist: DistInfo
+    mixture: list[MixedSource] | None = None
     streaming = False
 
     def __post_init__(self) -> None:
         t = self.config.train
         if self.batches_per_epoch() == 0:
             raise DataError(f"the batch size {t.batch_size} × {self.dist.world_size} process(es) is larger than the "
-                            f"data set ({len(self.items)} samples); lower train.batch_size or add data")  # fmt: skip
+                            f"data set ({self.epoch_size()} samples); lower train.batch_size or add data")  # fmt: skip
+
+    def epoch_size(self) -> int:
+        if self.mixture is None:
+            return len(self.items)
+        return self.config.data.epoch_samples or sum(len(s.items) for s in self.mixture)
+
+    def epoch_items(self, epoch: int) -> Sequence[Item]:
+        if self.mixture is None:
+            return self.items
+        return mix_epoch(self.mixture, self.config.train.seed, epoch, self.epoch_size())
 
     def batches_per_epoch(self) -> int:
-        return batches_per_epoch(len(self.items), self.config.train.batch_size, self.dist.world_size)
+        return batches_per_epoch(self.epoch_size(), self.config.train.batch_size, self.dist.world_size)
 
     def loader(self, state: TrainState, preprocess: Preprocess, tokenize: Tokenize) -> torch.utils.data.DataLoader:
         t, d = self.config.train, self.config.data
-        return make_loader(self.items, preprocess, tokenize, t.batch_size, seed=t.seed, epoch=state.epoch,
-                           rank=self.dist.rank, world_size=self.dist.world_size, workers=d.workers,
-                           start_batch=state.batch, spread_concepts=d.spread_concepts)  # fmt: skip
+        return make_loader(self.epoch_items(state.epoch), preprocess, tokenize, t.batch_size, seed=t.seed,
+                           epoch=state.epoch, rank=self.dist.rank, world_size=self.dist.world_size,
+                           workers=d.workers, start_batch=state.batch, spread_concepts=d.spread_concepts)  # fmt: skip
 
 
 @dataclass
@@ -100,5 +115,28 @@ def open_training_data(config: RunConfig, dist: DistInfo) -> TrainingData:
     """The run's training data, streamed or in memory as ``data.stream`` (or the size) says."""
     d = config.data
     if should_stream(d.train, d.stream, d.train_weights, d.resampled):
+        if d.exclude_concepts is not None:
+            raise DataError("data.exclude_concepts filters in-memory sources; set data.stream=false, or filter "
+                            "the shards when writing them")  # fmt: skip
         return StreamedData(shard_sets(d.train, d.train_weights), config, dist)
-    return InMemoryData(load_items(d.train, d.image_key, d.caption_key), config, dist)
+    if d.train_weights is None and d.exclude_concepts is None:
+        return InMemoryData(load_items(d.train, d.image_key, d.caption_key), config, dist)
+    parts = [(part, load_items(part, d.image_key, d.caption_key)) for part in d.train.split("::") if part]
+    if d.exclude_concepts is not None:
+        parts = _exclude_concepts(parts, Path(d.exclude_concepts))
+    mixture = mixed_sources(parts, d.train_weights or [1.0] * len(parts))
+    return InMemoryData([it for s in mixture for it in s.items], config, dist, mixture)
+
+
+def _exclude_concepts(parts: list[tuple[str, list[Item]]], dataset: Path) -> list[tuple[str, list[Item]]]:
+    from ..datasets.manifest import read_manifest
+
+    manifest = read_manifest(dataset)
+    if manifest is None:
+        raise DataError(f"data.exclude_concepts: {dataset} holds no built data set (no manifest.json); "
+                        "give a folder written by clipforge data build")  # fmt: skip
+    names_one = concept_filter(c for split in ("heldout", "val") for c in manifest.concepts.get(split, []))
+    same = dataset.resolve()
+    # The data set's own splits are concept-disjoint already; the filter is for the others.
+    return [(name, items if Path(name).resolve() == same else [it for it in items if not names_one(it)])
+            for name, items in parts]  # fmt: skip

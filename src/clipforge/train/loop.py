@@ -118,7 +118,7 @@ def _train(config: RunConfig, dist: DistInfo, eval_fn: EvalFn | None, stop: "_St
     data = open_training_data(config, dist)
     run = _setup(config, dist, eval_fn)
     run.state.total_steps = run.state.total_steps or _total_steps(config, data)
-    preprocess = create_preprocess(run.model, train=config.data.augment)
+    preprocess = create_preprocess(run.model, train=config.data.augment, style=config.data.style)
     # The text tower's own tokenizer (CLIP's BPE as a partial, or a SigLIP/XLM-R tokenizer):
     # picklable, as streaming workers started with spawn receive it.
     tok = create_tokenizer(run.model)

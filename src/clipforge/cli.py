@@ -121,7 +121,7 @@ def demo_cmd(
     data: str = typer.Option("openmoji", "--data", help="Data set builder: openmoji or tuxpaint."),
     device: str = typer.Option("cpu", "--device", help="cpu, or cuda when a GPU is present."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Use about this many images (a quick look)."),
-    recipe: str = typer.Option("robust", "--recipe", help="robust (OpenMoji + clip-art, style augmentation) or openmoji (wave 1's)."),
+    recipe: str = typer.Option("openmoji", "--recipe", help="openmoji (the default: OpenMoji, mild crop) or robust (OpenMoji + clip-art, style augmentation; not yet measured better, see README)."),
 ) -> None:  # fmt: skip
     """Build a real data set, train a small CLIP on it, evaluate zero-shot and under style
     shift, write a report."""

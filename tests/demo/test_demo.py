@@ -12,7 +12,8 @@ import pytest
 
 @pytest.mark.slow
 def test_demo_trains_evaluates_and_reports(tmp_path: Path) -> None:
-    args = [sys.executable, "-m", "clipforge", "demo", "--minutes", "0.25", "--limit", "500", "--out", str(tmp_path / "out")]
+    args = [sys.executable, "-m", "clipforge", "demo", "--minutes", "0.25", "--limit", "500", "--recipe", "robust",
+            "--out", str(tmp_path / "out")]  # fmt: skip
     env_cache = {"CLIPFORGE_CACHE": str(tmp_path / "cache")}
     import os
 

@@ -25,7 +25,7 @@ __all__ = ["run_demo"]
 
 def run_demo(out: Path = Path("demo_out"), minutes: float = 10.0, data: str = "openmoji",
              data_dir: Path | None = None, device: str = "cpu", threads: int | None = None,
-             limit: int | None = None, recipe: str = "robust", style: StyleConfig | None = None) -> Path:  # fmt: skip
+             limit: int | None = None, recipe: str = "openmoji", style: StyleConfig | None = None) -> Path:  # fmt: skip
     """Returns the path of the HTML report. Interrupted, it saves; run it again to resume.
     ``style`` replaces the recipe's augmentation (for ablations)."""
     data_dir = data_dir or _dataset_dir(data, limit)

@@ -30,7 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import print_table, write_results  # noqa: E402
 
-from clipforge.data.style import STYLE_OPS, StyleConfig  # noqa: E402
+from clipforge.style import STYLE_OPS, StyleConfig  # noqa: E402
 from clipforge.demo.recipe import ROBUST_STYLE  # noqa: E402
 
 SINGLE_P = 0.5

@@ -8,7 +8,7 @@ from typing import Callable, Sequence
 import torch
 
 from .config import CLIPConfig
-from .data.style import StyleAugment, StyleConfig
+from .style import StyleAugment, StyleConfig
 from .models.clip import CLIP
 from .models.hf_tokenizer import text_tokenizer
 from .registry import get_model_config
@@ -47,7 +47,7 @@ def create_model(
 def create_preprocess(model: CLIP | CLIPConfig, train: bool = False, style: StyleConfig | None = None) -> Preprocess:
     """The image transform the model's weights expect (its config's preprocess: OpenAI's, or
     SigLIP's / CLIPA's statistics and squash resize); ``train``: with augmentation, a random
-    resized crop and, with ``style``, the style operations of ``data/style.py`` before it."""
+    resized crop and, with ``style``, the style operations of ``style.py`` before it."""
     config = model.config if isinstance(model, CLIP) else model
     pre = config.preprocess
     crop = style.crop_scale if (train and style is not None) else (0.9, 1.0)

@@ -3,7 +3,7 @@ CPU.
 
 - "robust" (opt-in, ``clipforge demo --recipe robust``): OpenMoji mixed with the clip-art sets clipforge builds from Debian's
   packages (Tux Paint stamps, Openclipart), where installed, and the style-robust augmentation of
-  ``data/style.py``. Clip-art samples naming an OpenMoji held-out or val concept are left out,
+  ``style.py``. Clip-art samples naming an OpenMoji held-out or val concept are left out,
   so "held-out concepts" stay unseen. It becomes the default once ``bench/style_ablation.py``
   and ``bench/demo_vs_open_clip.py`` show it keeps held-out top-1 at the demo's budget (README:
   "Robust to style shift" has the figures so far).
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..data.style import StyleConfig
+from ..style import StyleConfig
 from ..train.config import DataConfig, RunConfig, TrainConfig
 
 __all__ = ["RECIPES", "CLIPART_WEIGHTS", "ROBUST_STYLE", "demo_run_config", "demo_precision"]

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..checkpoint.pretrained import cache_dir
-from ..data.style import StyleConfig
+from ..style import StyleConfig
 from ..datasets import build_dataset
 from ..errors import DataError
 from ..eval.templates import load_templates

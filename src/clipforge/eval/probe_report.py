@@ -54,19 +54,12 @@ def write_probe(out_dir: Path, result: dict, markdown: list[str],
     return paths
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_bars(path: Path, labels: Sequence[str], values: Sequence[float], *, chance: float | None = None,
               title: str = "", ylabel: str = "accuracy", errors: Sequence[tuple[float, float]] | None = None) -> None:  # fmt: skip
     """One bar per label, with 95 % intervals and a dashed chance line where given."""
-    plt = _pyplot()
+    from .report import pyplot
+
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(4, 0.6 * len(labels) + 1.5), 3.5), dpi=100)
     yerr = None
     if errors is not None:

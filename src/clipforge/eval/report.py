@@ -6,12 +6,12 @@ from pathlib import Path
 
 from ..checkpoint.io import atomic_path
 
-__all__ = ["plot_per_class", "plot_confusion"]
+__all__ = ["plot_per_class", "plot_confusion", "pyplot", "save_figure"]
 
 _MAX_CLASSES_SHOWN = 40  # beyond this a bar per class is unreadable: show the worst and best
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -20,13 +20,13 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: Path) -> None:
+def save_figure(fig, path: Path) -> None:
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png")
 
 
 def plot_per_class(path: Path, classnames: list[str], accuracy: list[float]) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     order = sorted(range(len(classnames)), key=lambda i: accuracy[i])
     if len(order) > _MAX_CLASSES_SHOWN:
         half = _MAX_CLASSES_SHOWN // 2
@@ -38,14 +38,14 @@ def plot_per_class(path: Path, classnames: list[str], accuracy: list[float]) -> 
     ax.set_title("per-class accuracy" + (" (worst and best)" if len(classnames) > _MAX_CLASSES_SHOWN else ""))
     ax.tick_params(axis="y", labelsize=7)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
 
 
 def plot_confusion(path: Path, classnames: list[str], confusion: list[list[int]]) -> None:
     import numpy as np
 
-    plt = _pyplot()
+    plt = pyplot()
     matrix = np.asarray(confusion, dtype=float)
     matrix = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
     fig, ax = plt.subplots(figsize=(6, 5), dpi=100)
@@ -57,5 +57,5 @@ def plot_confusion(path: Path, classnames: list[str], confusion: list[list[int]]
     ax.set_ylabel("true")
     fig.colorbar(image, ax=ax, fraction=0.046)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
     plt.close(fig)

@@ -157,9 +157,9 @@ def robustness_summary(rows: Sequence[dict[str, Any]], baseline: Sequence[tuple[
 def plot_shift(path: Path, rows: Sequence[dict[str, Any]], baseline: Sequence[tuple[float, float]] = ()) -> None:
     """Left: top-1 per style. Right: every other style's accuracy against the training style's,
     with y = x (no drop) and the baseline trend when there is one."""
-    from .report import _pyplot, _save
+    from .report import pyplot, save_figure
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, (bars, scatter) = plt.subplots(1, 2, figsize=(11, 4), dpi=100)
     names, accs = [str(r["style"]) for r in rows], [float(r["acc1"]) for r in rows]
     bars.barh(names[::-1], accs[::-1], color=["#4c72b0"] * (len(rows) - 1) + ["#dd8452"])
@@ -184,5 +184,5 @@ def plot_shift(path: Path, rows: Sequence[dict[str, Any]], baseline: Sequence[tu
     scatter.set_title("effective robustness")
     scatter.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
     plt.close(fig)

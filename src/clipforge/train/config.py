@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import apply_overrides
-from ..data.style import StyleConfig
+from ..style import StyleConfig
 from ..errors import ConfigError
 
 __all__ = ["DataConfig", "StyleConfig", "TrainConfig", "RunConfig", "load_run_config", "parse_overrides", "check_run_config"]
@@ -42,7 +42,7 @@ class DataConfig:
     # other '::' sources mixed with it: their samples naming one (concept or caption) are left out.
     exclude_concepts: str | None = None
     augment: bool = True  # false: no training augmentation at all (the eval transform)
-    # Style-robust augmentation (data/style.py): a probability per operation, and the crop range.
+    # Style-robust augmentation (style.py): a probability per operation, and the crop range.
     style: StyleConfig = field(default_factory=StyleConfig)
 
 

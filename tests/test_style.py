@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from clipforge.data.style import STYLE_OPS, StyleAugment, StyleConfig
+from clipforge.style import STYLE_OPS, StyleAugment, StyleConfig
 from clipforge.errors import ConfigError
 from clipforge.factory import create_preprocess
 from clipforge.train.config import RunConfig, load_run_config

@@ -30,7 +30,7 @@ from dataclasses import dataclass, fields
 import torch
 from PIL import Image, ImageChops, ImageEnhance, ImageFilter, ImageOps
 
-from ..errors import ConfigError
+from .errors import ConfigError
 
 __all__ = ["StyleConfig", "StyleAugment", "STYLE_OPS"]
 

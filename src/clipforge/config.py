@@ -22,8 +22,24 @@ __all__ = ["VisionConfig", "TextConfig", "CLIPConfig", "PreprocessConfig", "appl
 DEFAULT_LOGIT_SCALE = math.log(1 / 0.07)
 
 
+class _NormActOptions:
+    """The towers' open_clip ``norm_kwargs`` / ``act_kwargs``, read as LayerNorm eps and GELU
+    approximation."""
+
+    norm_kwargs: dict[str, Any] | None
+    act_kwargs: dict[str, Any] | None
+
+    @property
+    def norm_eps(self) -> float:
+        return _norm_eps(self.norm_kwargs)
+
+    @property
+    def act_approximate(self) -> str:
+        return _act_approximate(self.act_kwargs)
+
+
 @dataclass(frozen=True)
-class VisionConfig:
+class VisionConfig(_NormActOptions):
     """Image tower. ``patch_size=None`` with ``layers`` a 4-tuple means the modified ResNet."""
 
     image_size: int = 224
@@ -87,17 +103,9 @@ class VisionConfig:
                 )
             _check_vit_options(self)
 
-    @property
-    def norm_eps(self) -> float:
-        return _norm_eps(self.norm_kwargs)
-
-    @property
-    def act_approximate(self) -> str:
-        return _act_approximate(self.act_kwargs)
-
 
 @dataclass(frozen=True)
-class TextConfig:
+class TextConfig(_NormActOptions):
     """Causal text tower over byte-level BPE tokens."""
 
     context_length: int = 77
@@ -137,14 +145,6 @@ class TextConfig:
     @property
     def is_causal(self) -> bool:
         return not self.no_causal_mask
-
-    @property
-    def norm_eps(self) -> float:
-        return _norm_eps(self.norm_kwargs)
-
-    @property
-    def act_approximate(self) -> str:
-        return _act_approximate(self.act_kwargs)
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,9 @@ concepts in every drawing style of ``clipforge eval shift``:
 - ``openmoji (wave 1)``: OpenMoji only, open_clip's mild crop: the current recipe;
 - ``openmoji + style``: the robust recipe's augmentation, no clip-art;
 - ``mix``: OpenMoji + Tux Paint + Openclipart by weight, no style augmentation;
-- ``mix + OP``: one style operation on (probability 0.5; ``crop`` = random resized crops of
-  60-100 % of the area), to read each operation's effect against ``mix``;
+- ``mix + OP`` / ``openmoji + OP``: one style operation on (probability 0.5; ``crop`` = random
+  resized crops of 60-100 % of the area), to read each operation's effect against ``mix`` or
+  the wave-1 row; ``openmoji + light style``: a few operations, rarely;
 - ``robust (all)``: the recipe ``clipforge demo`` trains.
 
     python bench/style_ablation.py [--steps 80] [--rows "mix,robust (all)"] [--out FILE]
@@ -34,6 +35,8 @@ from clipforge.style import STYLE_OPS, StyleConfig  # noqa: E402
 from clipforge.demo.recipe import ROBUST_STYLE  # noqa: E402
 
 SINGLE_P = 0.5
+# A milder setting than the robust recipe's: each operation rarely, geometry unchanged.
+LIGHT_STYLE = StyleConfig(colour_jitter=0.1, grayscale=0.1, padding=0.2, blur_sharpen=0.1)
 
 
 def row_specs() -> dict[str, tuple[str, StyleConfig | None]]:
@@ -45,6 +48,8 @@ def row_specs() -> dict[str, tuple[str, StyleConfig | None]]:
     }
     for op in STYLE_OPS:
         rows[f"mix + {op}"] = ("robust", StyleConfig(**{op: SINGLE_P}))
+        rows[f"openmoji + {op}"] = ("openmoji", StyleConfig(**{op: SINGLE_P}))
+    rows["openmoji + light style"] = ("openmoji", LIGHT_STYLE)
     rows["mix + crop"] = ("robust", StyleConfig(crop_scale=(0.6, 1.0)))
     rows["robust (all)"] = ("robust", None)
     return rows

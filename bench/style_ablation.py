@@ -11,7 +11,7 @@ concepts in every drawing style of ``clipforge eval shift``:
 - ``mix``: OpenMoji + Tux Paint + Openclipart by weight, no style augmentation;
 - ``mix + OP`` / ``openmoji + OP``: one style operation on (probability 0.5; ``crop`` = random
   resized crops of 60-100 % of the area), to read each operation's effect against ``mix`` or
-  the wave-1 row; ``openmoji + light style``: a few operations, rarely;
+  the wave-1 row; ``openmoji + light style`` / ``mix + light style``: a few operations, rarely;
 - ``robust (all)``: the recipe ``clipforge demo`` trains.
 
     python bench/style_ablation.py [--steps 80] [--rows "mix,robust (all)"] [--out FILE]
@@ -50,6 +50,7 @@ def row_specs() -> dict[str, tuple[str, StyleConfig | None]]:
         rows[f"mix + {op}"] = ("robust", StyleConfig(**{op: SINGLE_P}))
         rows[f"openmoji + {op}"] = ("openmoji", StyleConfig(**{op: SINGLE_P}))
     rows["openmoji + light style"] = ("openmoji", LIGHT_STYLE)
+    rows["mix + light style"] = ("robust", LIGHT_STYLE)
     rows["mix + crop"] = ("robust", StyleConfig(crop_scale=(0.6, 1.0)))
     rows["robust (all)"] = ("robust", None)
     return rows

@@ -10,6 +10,9 @@ clipforge's step at a time, to show what moves the number:
 
 - ``no text trim``: the text tower runs all 77 positions (open_clip does) instead of stopping at
   the batch's longest caption (exact: under the causal mask no kept position sees a trimmed one);
+- ``fused attention``: torch's fused CPU attention kernel everywhere (clipforge runs short
+  sequences' attention as plain matmul-softmax-matmul when training on the CPU, whose backward is
+  several times faster there; ``models.layers.attention``);
 - ``AdamW foreach`` (clipforge's previous default) / ``AdamW for-loop`` (torch's plain loop):
   the optimiser implementation; clipforge uses torch's fused AdamW kernel;
 - ``open_clip, fused AdamW``: the same optimiser lever given to open_clip, for honesty about
@@ -21,13 +24,14 @@ clipforge's step at a time, to show what moves the number:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import random
 import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -53,7 +57,21 @@ def make_batches(n: int, batch: int, size: int, context: int, seed: int = 0) -> 
     return out
 
 
-def clipforge_runner(init: dict, arch, precision: str, *, optimizer: str = "default", trim: bool = True) -> Callable:
+@contextlib.contextmanager
+def fused_attention_only() -> Iterator[None]:
+    """Ablation only: clipforge's attention takes torch's fused kernel at every length."""
+    from clipforge.models import layers
+
+    saved = dict(layers._PLAIN_ATTENTION_MAX_TOKENS)
+    layers._PLAIN_ATTENTION_MAX_TOKENS.clear()
+    try:
+        yield
+    finally:
+        layers._PLAIN_ATTENTION_MAX_TOKENS.update(saved)
+
+
+def clipforge_runner(init: dict, arch, precision: str, *, optimizer: str = "default", trim: bool = True,
+                     plain_attention: bool = True) -> Callable:  # fmt: skip
     from clipforge.factory import create_model
     from clipforge.losses import ClipLoss
     from clipforge.train.optim import make_optimizer, param_groups
@@ -70,7 +88,12 @@ def clipforge_runner(init: dict, arch, precision: str, *, optimizer: str = "defa
             flags = {"for-loop": {"foreach": False}, "foreach": {"foreach": True}}[optimizer]
             opt = torch.optim.AdamW(param_groups(model, WD), lr=LR, betas=BETAS, eps=EPS, **flags)
         loss_fn = ClipLoss()
-        return lambda images, tokens: train_step(model, loss_fn, images, tokens, opt, precision=precision).loss
+
+        def step(images, tokens) -> float:
+            with contextlib.nullcontext() if plain_attention else fused_attention_only():
+                return train_step(model, loss_fn, images, tokens, opt, precision=precision).loss
+
+        return step
 
     return start
 
@@ -106,6 +129,7 @@ def contenders(init: dict, arch, precision: str, ablate: bool) -> dict[str, Call
     runners = {"clipforge": clipforge_runner(init, arch, precision), "open_clip": open_clip_runner(init, arch, precision)}
     if ablate:
         runners["clipforge, no text trim"] = clipforge_runner(init, arch, precision, trim=False)
+        runners["clipforge, fused attention"] = clipforge_runner(init, arch, precision, plain_attention=False)
         runners["clipforge, AdamW foreach"] = clipforge_runner(init, arch, precision, optimizer="foreach")
         runners["clipforge, AdamW for-loop"] = clipforge_runner(init, arch, precision, optimizer="for-loop")
         runners["open_clip, fused AdamW"] = open_clip_runner(init, arch, precision, fused=True)

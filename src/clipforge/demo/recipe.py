@@ -32,7 +32,8 @@ ROBUST_STYLE = StyleConfig(colour_jitter=0.3, grayscale=0.1, outline=0.15, poste
 
 
 def demo_precision(device: str = "cpu") -> str:
-    """bf16 where the CPU computes it natively (AVX-512 BF16, AMX: ~1.3x fp32's step rate),
+    """bf16 where the CPU computes it natively (AVX-512 BF16, AMX: ~1.9x fp32's step rate at the
+    demo's size on Zen 4),
     else fp32 (an AVX2-only CPU emulates bf16, slower than fp32); GPUs take bf16."""
     if device != "cpu":
         return "bf16"

@@ -3,7 +3,7 @@
 Same data (OpenMoji, same concept-level split), same machine, same minutes, same evaluation code
 (zero-shot with the emoji prompt ensemble, on trained and on held-out concepts):
 
-(a) `clipforge.demo.run_demo` — the demo recipe ("robust": OpenMoji + clip-art, style
+(a) `clipforge.demo.run_demo` — the demo recipe ("robust": OpenMoji with light style
     augmentation);
 (a') the wave-1 recipe (`--recipe openmoji`: OpenMoji only, mild crop), the reference for the
     style-shift goal;

@@ -1,4 +1,4 @@
-"""Which part of the robust demo recipe buys robustness to style shift: one row per change.
+"""Which part of a recipe buys robustness to style shift: one row per change.
 
 Every row trains the demo model from the same seed for the same number of optimiser steps (not
 minutes: a fixed step budget makes the rows comparable whatever else the machine runs; the
@@ -6,15 +6,19 @@ augmentations run in the DataLoader worker, and each row's seconds per step is r
 costly one shows), then measures zero-shot top-1 on held-out OpenMoji concepts and on the trained
 concepts in every drawing style of ``clipforge eval shift``:
 
-- ``openmoji (wave 1)``: OpenMoji only, open_clip's mild crop: the current recipe;
-- ``openmoji + style``: the robust recipe's augmentation, no clip-art;
-- ``mix``: OpenMoji + Tux Paint + Openclipart by weight, no style augmentation;
-- ``mix + OP`` / ``openmoji + OP``: one style operation on (probability 0.5; ``crop`` = random
-  resized crops of 60-100 % of the area), to read each operation's effect against ``mix`` or
-  the wave-1 row; ``openmoji + light style`` / ``mix + light style``: a few operations, rarely;
-- ``robust (all)``: the recipe ``clipforge demo`` trains.
+- ``openmoji (wave 1)``: OpenMoji only, open_clip's mild crop: the wave-1 recipe;
+- ``robust (the demo's)``: OpenMoji with the demo's light style augmentation (``ROBUST_STYLE``);
+- ``robust - OP``: the same with one of its operations off, to read each one's share;
+- ``openmoji + OP``: one style operation alone, often (probability 0.5; ``crop`` = random
+  resized crops of 60-100 % of the area), against the wave-1 row;
+- ``mix``: OpenMoji + Tux Paint + Openclipart by weight, no style augmentation; ``mix + OP``
+  one operation on; ``mix + light style``: the demo's "mix" recipe;
+- ``mix + heavy style``: every operation, 10-50 % each, and crops down to 60 %: the first
+  robust recipe, which lost accuracy everywhere.
 
-    python bench/style_ablation.py [--steps 80] [--rows "mix,robust (all)"] [--out FILE]
+Rows are written to ``--out`` as they finish, so a long run can be read while it goes.
+
+    python bench/style_ablation.py [--steps 80] [--rows "openmoji (wave 1),robust (the demo's)"] [--out FILE]
 """
 
 from __future__ import annotations
@@ -35,24 +39,26 @@ from clipforge.style import STYLE_OPS, StyleConfig  # noqa: E402
 from clipforge.demo.recipe import ROBUST_STYLE  # noqa: E402
 
 SINGLE_P = 0.5
-# A milder setting than the robust recipe's: each operation rarely, geometry unchanged.
-LIGHT_STYLE = StyleConfig(colour_jitter=0.1, grayscale=0.1, padding=0.2, blur_sharpen=0.1)
+HEAVY_STYLE = StyleConfig(colour_jitter=0.3, grayscale=0.1, outline=0.15, posterize=0.1, padding=0.5,
+                          background=0.2, blur_sharpen=0.2, crop_scale=(0.6, 1.0))  # fmt: skip
 
 
 def row_specs() -> dict[str, tuple[str, StyleConfig | None]]:
     """row name -> (recipe, style or None for the recipe's own)."""
     rows: dict[str, tuple[str, StyleConfig | None]] = {
         "openmoji (wave 1)": ("openmoji", None),
-        "openmoji + style": ("openmoji", ROBUST_STYLE),
-        "mix": ("robust", StyleConfig()),
+        "robust (the demo's)": ("robust", None),
     }
+    for op in ROBUST_STYLE.active:
+        rows[f"robust - {op}"] = ("robust", dataclasses.replace(ROBUST_STYLE, **{op: 0.0}))
     for op in STYLE_OPS:
-        rows[f"mix + {op}"] = ("robust", StyleConfig(**{op: SINGLE_P}))
         rows[f"openmoji + {op}"] = ("openmoji", StyleConfig(**{op: SINGLE_P}))
-    rows["openmoji + light style"] = ("openmoji", LIGHT_STYLE)
-    rows["mix + light style"] = ("robust", LIGHT_STYLE)
-    rows["mix + crop"] = ("robust", StyleConfig(crop_scale=(0.6, 1.0)))
-    rows["robust (all)"] = ("robust", None)
+    rows["openmoji + crop"] = ("openmoji", StyleConfig(crop_scale=(0.6, 1.0)))
+    rows["mix"] = ("mix", StyleConfig())
+    for op in STYLE_OPS:
+        rows[f"mix + {op}"] = ("mix", StyleConfig(**{op: SINGLE_P}))
+    rows["mix + light style"] = ("mix", None)
+    rows["mix + heavy style"] = ("mix", HEAVY_STYLE)
     return rows
 
 
@@ -94,6 +100,9 @@ def main() -> None:
     styled, concepts = style_shift_inputs(str(data_dir), 48)
     specs = row_specs()
     names = args.rows.split(",") if args.rows else list(specs)
+    unknown = [n for n in names if n not in specs]
+    if unknown:
+        parser.error(f"unknown row(s) {unknown}; rows: {', '.join(specs)}")
     rows = []
     for name in names:
         recipe, style = specs[name]
@@ -109,9 +118,10 @@ def main() -> None:
         row["s/step"] = s_per_step
         rows.append(row)
         print(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items() if isinstance(v, float)), flush=True)
+        path = write_results("style_ablation", rows, args.out, steps=args.steps, single_op_probability=SINGLE_P,
+                             robust_style=dataclasses.asdict(ROBUST_STYLE), heavy_style=dataclasses.asdict(HEAVY_STYLE),
+                             clipart_sources=sorted(clipart))  # fmt: skip
     print_table(f"Style ablation: {args.steps} steps each, same seed; zero-shot top-1", rows)
-    path = write_results("style_ablation", rows, args.out, steps=args.steps, single_op_probability=SINGLE_P,
-                         robust_style=dataclasses.asdict(ROBUST_STYLE), clipart_sources=sorted(clipart))  # fmt: skip
     print(f"wrote {path}")
 
 

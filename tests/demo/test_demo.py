@@ -12,7 +12,7 @@ import pytest
 
 @pytest.mark.slow
 def test_demo_trains_evaluates_and_reports(tmp_path: Path) -> None:
-    args = [sys.executable, "-m", "clipforge", "demo", "--minutes", "0.25", "--limit", "500", "--recipe", "robust",
+    args = [sys.executable, "-m", "clipforge", "demo", "--minutes", "0.25", "--limit", "500", "--recipe", "mix",
             "--out", str(tmp_path / "out")]  # fmt: skip
     env_cache = {"CLIPFORGE_CACHE": str(tmp_path / "cache")}
     import os
@@ -32,10 +32,11 @@ def test_demo_trains_evaluates_and_reports(tmp_path: Path) -> None:
     for image in ["predictions_trained_concepts.png", "predictions_heldout_concepts.png", "run/loss.png"]:
         assert image in html and (out / image).read_bytes()[:4] == b"\x89PNG"
     assert (out / "report.md").is_file() and (out / "run" / "final.safetensors").is_file()
-    # The robust recipe: OpenMoji mixed with the clip-art sets whose packages are installed, and
-    # the style-shift table in the report (scripts/test installs the fonts and clip-art).
+    # The mix recipe: OpenMoji mixed with the clip-art sets whose packages are installed, with the
+    # default recipe's style augmentation, and the style-shift table in the report (scripts/test
+    # installs the fonts and clip-art).
     run = results["run"]
-    assert run["recipe"] == "robust" and run["style"]["padding"] > 0
+    assert run["recipe"] == "mix" and run["style"]["grayscale"] > 0 and run["style"]["padding"] > 0
     assert set(run["samples_by_source"]) == {"openmoji-48-500", *(f"{n}-48-500" for n in run["clipart_sources"])}
     if Path("/usr/share/tuxpaint/stamps").is_dir():
         assert "tuxpaint" in run["clipart_sources"]

@@ -1,14 +1,18 @@
 """The demo's training recipes: what `clipforge demo` trains, chosen for ten minutes on a 2-core
 CPU.
 
-- "robust" (opt-in, ``clipforge demo --recipe robust``): OpenMoji mixed with the clip-art sets clipforge builds from Debian's
-  packages (Tux Paint stamps, Openclipart), where installed, and the style-robust augmentation of
-  ``style.py``. Clip-art samples naming an OpenMoji held-out or val concept are left out,
-  so "held-out concepts" stay unseen. It becomes the default once ``bench/style_ablation.py``
-  and ``bench/demo_vs_open_clip.py`` show it keeps held-out top-1 at the demo's budget (README:
-  "Robust to style shift" has the figures so far).
-- "openmoji" (the default): the wave-1 recipe, OpenMoji only with open_clip's mild crop: the
-  reference the robust recipe is measured against.
+- "robust" (the default): OpenMoji with light style augmentation (``ROBUST_STYLE``: colour
+  jitter, grey-scale, blur/sharpen, each on 10 % of samples, and a changed margin on 20 %). At
+  1,000 steps it raises held-out top-1 (37.1 % vs 32.5 %) and every unseen style (grey-scale
+  2.6x, blurred 3.8x, OpenMoji's colour font 1.7x, Noto Color Emoji 1.8x) over the wave-1
+  recipe (README: "Style-robust training").
+- "mix" (opt-in): the same augmentation on OpenMoji mixed with the clip-art sets clipforge builds
+  from Debian's packages (Tux Paint stamps, Openclipart), where installed. Clip-art samples
+  naming an OpenMoji held-out or val concept are left out, so "held-out concepts" stay unseen.
+  Measured lower than "robust" in every style at the demo's budget: the clip-art takes steps
+  from OpenMoji's concepts and does not draw like an emoji font.
+- "openmoji": the wave-1 recipe, OpenMoji only with open_clip's mild crop: the reference the
+  others are measured against.
 
 No recipe trains on another rendering of the emoji set (an emoji font, another emoji image set):
 those renderings are how ``clipforge eval shift`` measures robustness.
@@ -23,12 +27,14 @@ from ..train.config import DataConfig, RunConfig, TrainConfig
 
 __all__ = ["RECIPES", "CLIPART_WEIGHTS", "ROBUST_STYLE", "demo_run_config", "demo_precision"]
 
-RECIPES = ("robust", "openmoji")
+RECIPES = ("robust", "mix", "openmoji")
 # Share of each epoch per source (OpenMoji ~3,500 training images, Tux Paint ~800, Openclipart
 # ~6,900): OpenMoji stays the largest part, the clip-art adds other artists' ways of drawing.
 CLIPART_WEIGHTS = {"openmoji": 0.6, "tuxpaint": 0.1, "openclipart": 0.3}
-ROBUST_STYLE = StyleConfig(colour_jitter=0.3, grayscale=0.1, outline=0.15, posterize=0.1, padding=0.5,
-                           background=0.2, blur_sharpen=0.2, crop_scale=(0.6, 1.0))  # fmt: skip
+# Light on purpose: the heavier setting (every operation, 10-50 % each, crops down to 60 % of the
+# area) lowered held-out top-1 from 25.7 % to 10.6 % at 250 steps; the small model spends its few
+# steps on the harder task (bench/style_ablation.py).
+ROBUST_STYLE = StyleConfig(colour_jitter=0.1, grayscale=0.1, padding=0.2, blur_sharpen=0.1)
 
 
 def demo_precision(device: str = "cpu") -> str:
@@ -43,14 +49,13 @@ def demo_precision(device: str = "cpu") -> str:
 
 
 def demo_run_config(data_dir: Path, out_dir: Path, minutes: float, device: str = "cpu", threads: int | None = None,
-                    recipe: str = "openmoji", clipart: dict[str, Path] | None = None,
+                    recipe: str = "robust", clipart: dict[str, Path] | None = None,
                     style: StyleConfig | None = None) -> RunConfig:  # fmt: skip
-    """``clipart``: name -> built data set dir of the clip-art sources to mix in (robust recipe;
+    """``clipart``: name -> built data set dir of the clip-art sources to mix in ("mix" recipe;
     those missing are left out and the weights renormalised). ``style`` overrides the recipe's."""
     if recipe not in RECIPES:
         raise ValueError(f"unknown demo recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
-    robust = recipe == "robust"
-    sources = {"openmoji": data_dir, **((clipart or {}) if robust else {})}
+    sources = {"openmoji": data_dir, **((clipart or {}) if recipe == "mix" else {})}
     mixed = len(sources) > 1
     return RunConfig(
         model="demo",
@@ -62,7 +67,7 @@ def demo_run_config(data_dir: Path, out_dir: Path, minutes: float, device: str =
             workers=1,  # decode and augment the next batch while the two cores train on this one
             spread_concepts=True,  # skin tones of one emoji in one batch would be false negatives
             augment=True,
-            style=style if style is not None else (ROBUST_STYLE if robust else StyleConfig()),
+            style=style if style is not None else (StyleConfig() if recipe == "openmoji" else ROBUST_STYLE),
         ),
         train=TrainConfig(
             batch_size=256,

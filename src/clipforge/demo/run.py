@@ -25,13 +25,13 @@ __all__ = ["run_demo"]
 
 def run_demo(out: Path = Path("demo_out"), minutes: float = 10.0, data: str = "openmoji",
              data_dir: Path | None = None, device: str = "cpu", threads: int | None = None,
-             limit: int | None = None, recipe: str = "openmoji", style: StyleConfig | None = None) -> Path:  # fmt: skip
+             limit: int | None = None, recipe: str = "robust", style: StyleConfig | None = None) -> Path:  # fmt: skip
     """Returns the path of the HTML report. Interrupted, it saves; run it again to resume.
     ``style`` replaces the recipe's augmentation (for ablations)."""
     data_dir = data_dir or _dataset_dir(data, limit)
     _say(f"building (or reusing) the {data} data set in {data_dir}")
     manifest = build_dataset(data, data_dir, image_size=48, limit=limit)
-    clipart = _clipart_sources(limit) if recipe == "robust" and data == "openmoji" else {}
+    clipart = _clipart_sources(limit) if recipe == "mix" and data == "openmoji" else {}
     config = demo_run_config(data_dir, out, minutes, device, threads, recipe=recipe, clipart=clipart, style=style)
     templates = load_templates("emoji")
     eval_preprocess = create_preprocess(_config(config))

@@ -59,10 +59,46 @@ def preprocess(model):
 
 @pytest.fixture(scope="module")
 def local_ray():
-    """One local Ray of 2 CPUs for the in-process tests (started once: it takes seconds)."""
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    """One local Ray of 2 CPUs for the in-process tests (started once: it takes seconds), in a
+    temporary folder of its own (short: it holds sockets)."""
+    temp = start_local_ray()
     yield ray
     ray.shutdown()
+    shutil.rmtree(temp, ignore_errors=True)
+
+
+def start_local_ray(attempts: int = 3) -> str:
+    """``ray.init(num_cpus=2)`` -> its temporary folder. Ray gives a new node's raylet a fixed 30 s
+    to register with the GCS (not configurable); on a busy 2-core CI machine that ran out once. A
+    node that times out is torn down (every process started for its folder) and started afresh."""
+    for attempt in range(attempts):
+        temp = tempfile.mkdtemp(prefix="cf-ray-", dir="/tmp")
+        try:
+            ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", _temp_dir=temp,
+                     object_store_memory=256 * 2**20)  # fmt: skip
+            return temp
+        except Exception as e:
+            if "timed out during startup" not in str(e):
+                raise
+            logs = sorted(Path(temp).glob("session_*/logs/raylet*.out"))
+            tail = logs[0].read_text(errors="replace")[-2000:] if logs else "(no raylet log)"
+            ray.shutdown()
+            kill_processes_of(temp)
+            shutil.rmtree(temp, ignore_errors=True)
+            if attempt == attempts - 1:
+                raise AssertionError(f"Ray did not start in {attempts} tries; the raylet's log ends:\n{tail}") from e
+    raise AssertionError("unreachable")
+
+
+def kill_processes_of(folder: str) -> None:
+    """SIGKILL every process whose command line names ``folder`` (a failed Ray node's GCS, raylet
+    and helpers all carry their session folder)."""
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and folder.encode() in (proc / "cmdline").read_bytes():
+                os.kill(int(proc.name), signal.SIGKILL)
+        except (OSError, ProcessLookupError):
+            pass
 
 
 def picture(i: int, size: tuple[int, int] = (40, 36)) -> Image.Image:

@@ -9,6 +9,8 @@ concepts in every drawing style of ``clipforge eval shift``:
 - ``openmoji (wave 1)``: OpenMoji only, open_clip's mild crop: the wave-1 recipe;
 - ``robust (the demo's)``: OpenMoji with the demo's light style augmentation (``ROBUST_STYLE``);
 - ``robust - OP``: the same with one of its operations off, to read each one's share;
+  ``robust + OP``: one more operation on (probability 0.2); ``robust + OP x2``: one of its
+  operations twice as often;
 - ``openmoji + OP``: one style operation alone, often (probability 0.5; ``crop`` = random
   resized crops of 60-100 % of the area), against the wave-1 row;
 - ``mix``: OpenMoji + Tux Paint + Openclipart by weight, no style augmentation; ``mix + OP``
@@ -39,6 +41,7 @@ from clipforge.style import STYLE_OPS, StyleConfig  # noqa: E402
 from clipforge.demo.recipe import ROBUST_STYLE  # noqa: E402
 
 SINGLE_P = 0.5
+ADDED_P = 0.2  # an operation added to the robust recipe
 HEAVY_STYLE = StyleConfig(colour_jitter=0.3, grayscale=0.1, outline=0.15, posterize=0.1, padding=0.5,
                           background=0.2, blur_sharpen=0.2, crop_scale=(0.6, 1.0))  # fmt: skip
 
@@ -51,6 +54,10 @@ def row_specs() -> dict[str, tuple[str, StyleConfig | None]]:
     }
     for op in ROBUST_STYLE.active:
         rows[f"robust - {op}"] = ("robust", dataclasses.replace(ROBUST_STYLE, **{op: 0.0}))
+        rows[f"robust + {op} x2"] = ("robust", dataclasses.replace(ROBUST_STYLE, **{op: min(1.0, 2 * getattr(ROBUST_STYLE, op))}))
+    for op in STYLE_OPS:
+        if op not in ROBUST_STYLE.active:
+            rows[f"robust + {op}"] = ("robust", dataclasses.replace(ROBUST_STYLE, **{op: ADDED_P}))
     for op in STYLE_OPS:
         rows[f"openmoji + {op}"] = ("openmoji", StyleConfig(**{op: SINGLE_P}))
     rows["openmoji + crop"] = ("openmoji", StyleConfig(crop_scale=(0.6, 1.0)))

@@ -97,7 +97,7 @@ def kill_processes_of(folder: str) -> None:
         try:
             if proc.name.isdigit() and folder.encode() in (proc / "cmdline").read_bytes():
                 os.kill(int(proc.name), signal.SIGKILL)
-        except (OSError, ProcessLookupError):
+        except OSError:  # the process ended meanwhile (ProcessLookupError is an OSError)
             pass
 
 
